@@ -1,0 +1,1 @@
+"""coreprune: provable structured pruning with coresets."""
