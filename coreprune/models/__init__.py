@@ -1,0 +1,84 @@
+"""Model zoo: LeNet, CIFAR-style VGG-BN, CIFAR and ImageNet-style ResNets, without torchvision.
+
+``build_model(name, **kwargs)`` is the one entry point the CLI and benchmarks use, so a model
+is named by a string that can be written into configs and saved pruned-model specs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .lenet import LeNet5, LeNet300100
+from .resnet import (
+    BasicBlock,
+    Bottleneck,
+    CifarResNet,
+    ResNet,
+    resnet18,
+    resnet20,
+    resnet32,
+    resnet50,
+    resnet56,
+    resnet110,
+)
+from .vgg import VGG, VGG_CONFIGS, vgg11, vgg13, vgg16, vgg19
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "lenet300100": LeNet300100,
+    "lenet5": LeNet5,
+    "vgg11": vgg11,
+    "vgg13": vgg13,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a freshly initialised model by registry name; ``kwargs`` go to its constructor
+    (e.g. ``in_channels``, ``num_classes``, ``width_multiplier``; ``in_features``/``hidden``
+    for lenet300100; ``image_size`` for lenet5; ``small_input`` for resnet18/50)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    try:
+        return _REGISTRY[key](**kwargs)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            raise TypeError(f"build_model({name!r}): {error}") from error
+        raise
+
+
+__all__ = [
+    "MODEL_NAMES",
+    "VGG",
+    "VGG_CONFIGS",
+    "BasicBlock",
+    "Bottleneck",
+    "CifarResNet",
+    "LeNet5",
+    "LeNet300100",
+    "ResNet",
+    "build_model",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet50",
+    "resnet56",
+    "resnet110",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+]

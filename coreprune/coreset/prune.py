@@ -1,0 +1,227 @@
+"""`coreset_prune`: one layer's units -> sensitivities -> a kept, reweighted subset + certificate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coreprune.coreset.certificate import Certificate
+from coreprune.coreset.query import QuerySpace
+from coreprune.coreset.sampling import (
+    anytime_delta,
+    draw_counts,
+    draw_until_distinct,
+    sample_eps,
+    sample_size,
+)
+from coreprune.coreset.sensitivity import Sensitivities, compute_sensitivities
+from coreprune.surgery.activations import Activation, resolve_activation
+from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
+from coreprune.surgery.units import (
+    Norm,
+    Producer,
+    check_consumer,
+    check_producer,
+    layer_units,
+    next_weights,
+)
+
+MODES = ("sample", "select")
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """Which units to keep, how to rescale them, and what that guarantees."""
+
+    keep: torch.Tensor
+    scale: torch.Tensor
+    sensitivity: torch.Tensor
+    certificate: Certificate
+    sensitivities: Sensitivities
+    units: torch.Tensor
+    reading: torch.Tensor
+    activation: Activation
+    query: QuerySpace
+    layer: Producer
+    next_layer: Producer | None
+    norm: Norm | None
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """One multiplier per unit (0 for pruned ones): z^_j = sum_i w_i U_ji phi(p_i . x~)."""
+        w = torch.zeros(self.units.shape[0], dtype=torch.float64, device=self.scale.device)
+        w[self.keep] = self.scale
+        return w
+
+    def apply(self) -> tuple[Producer, Producer | None]:
+        """New, smaller (layer, next_layer); the next layer's inputs rescaled. Inputs untouched."""
+        new_layer = slice_producer(self.layer, self.keep)
+        if self.next_layer is None:
+            return new_layer, None
+        return new_layer, slice_consumer(self.next_layer, self.units.shape[0], self.keep, self.scale)
+
+    def apply_norm(self) -> Norm | None:
+        """The batch norm between the layers, sliced to the kept units (None if there is none)."""
+        return None if self.norm is None else slice_norm(self.norm, self.keep)
+
+
+def coreset_prune(
+    layer: nn.Module,
+    eps: float | None,
+    next_layer: nn.Module | None = None,
+    *,
+    delta: float = 0.1,
+    mode: str = "sample",
+    keep: int | None = None,
+    query: QuerySpace | None = None,
+    generator: torch.Generator | None = None,
+    activation: str | nn.Module = "relu",
+    norm: nn.Module | None = None,
+    sensitivity: str = "auto",
+    tol: float = 1e-3,
+    progress: bool = False,
+) -> PruneResult:
+    """Prune the units of `layer` (nn.Linear or nn.Conv2d) with a certified relative error.
+
+    Give `eps` (the certificate's target) or `keep` (how many units remain, with eps=None; the
+    certificate then reports the eps achieved). `mode="select"` removes the least sensitive
+    units deterministically; `mode="sample"` is the paper's sensitivity sampling. `query`
+    restricts the inputs the certificate covers (default: all of R^d, data-free); for a conv
+    layer, queries are im2col patches. `norm` is an eval-mode batch norm between `layer` and its
+    activation. Neither module is modified; call `.apply()` for the smaller ones.
+    """
+    layer = check_producer(layer)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    act = resolve_activation(activation)
+    units_full = layer_units(layer, norm)
+    n = units_full.shape[0]
+    if next_layer is not None:
+        next_layer = check_consumer(next_layer, n)
+        if next_layer.weight.device != layer.weight.device:
+            raise ValueError(
+                f"layer is on {layer.weight.device} but next_layer on {next_layer.weight.device}; move both to one device"
+            )
+    _check_request(eps, keep, delta, n)
+    zero = torch.nonzero(units_full.abs().sum(dim=1) == 0).flatten()
+    if zero.numel():
+        raise ValueError(
+            f"layer has {zero.numel()} all-zero units (weights and bias), e.g. unit {int(zero[0])}: they "
+            "contribute nothing; remove them first (slice them out) or re-initialise them"
+        )
+    query = _resolve_query(query, units_full.shape[1] - 1)
+    reading = next_weights(next_layer, n, device=units_full.device)
+    units_q = units_full @ query.lifting(units_full.device)
+    sens = compute_sensitivities(units_q, reading, sensitivity, tol=tol, progress=progress)
+    if mode == "select":
+        kept, scale, cert = _select(sens, eps, keep)
+    else:
+        kept, scale, cert = _sample(sens, eps, keep, delta, act, n, generator)
+    cert = Certificate(
+        query=query.describe(), mode=mode, sensitivity=sensitivity, units=n, kept=int(kept.numel()), **cert
+    )
+    return PruneResult(
+        keep=kept, scale=scale, sensitivity=sens.per_unit, certificate=cert, sensitivities=sens,
+        units=units_full, reading=reading, activation=act, query=query, layer=layer,
+        next_layer=next_layer, norm=norm,
+    )
+
+
+def _check_request(eps: float | None, keep: int | None, delta: float, n: int) -> None:
+    if (eps is None) == (keep is None):
+        raise ValueError("give exactly one of eps (the error target) and keep (how many units remain)")
+    if eps is not None:
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+        if not math.isfinite(eps) or eps <= 0:
+            raise ValueError(f"eps must be a finite number > 0, got {eps}")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, int):
+            raise TypeError(f"keep must be an int, got {type(keep).__name__}")
+        if not 1 <= keep <= n:
+            raise ValueError(f"keep must be in [1, {n}] (the layer has {n} units), got {keep}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ValueError(f"delta must be a probability in (0, 1), got {delta!r}")
+
+
+def _resolve_query(query: QuerySpace | None, dim: int) -> QuerySpace:
+    if query is None:
+        return QuerySpace.full(dim)
+    if not isinstance(query, QuerySpace):
+        raise TypeError(
+            f"query must be a coreprune.QuerySpace (e.g. QuerySpace.from_calibration(x, rank)), got {type(query).__name__}"
+        )
+    if query.dim != dim:
+        raise ValueError(f"query lives in R^{query.dim} but the layer's inputs are in R^{dim}")
+    return query
+
+
+def _select(sens: Sensitivities, eps: float | None, keep: int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Remove the longest prefix of least sensitive units whose summed bound stays <= eps.
+
+    The certified eps is max_j sum_{i removed} s_ij (Theorem 5), never above the request.
+    """
+    s = sens.per_unit
+    n = s.numel()
+    order = torch.argsort(s, stable=True)
+    cumulative = sens.per_next[:, order].cumsum(dim=1).max(dim=0).values  # eps after removing a prefix
+    if keep is None:
+        removable = int((cumulative <= eps).sum())
+        removed = min(removable, n - 1)  # at least one unit stays
+    else:
+        removed = n - keep
+    achieved = float(cumulative[removed - 1]) if removed > 0 else 0.0
+    kept = torch.sort(order[removed:]).values
+    scale = torch.ones(kept.numel(), dtype=torch.float64, device=s.device)
+    return kept, scale, {"eps": achieved, "delta": 0.0, "total_sensitivity": sens.total}
+
+
+def _sample(
+    sens: Sensitivities,
+    eps: float | None,
+    keep: int | None,
+    delta: float,
+    act: Activation,
+    n: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Sensitivity sampling (Theorem 4), plus the always-valid bound of Theorem 5 on the draw."""
+    s = sens.per_unit
+    total = float(s.sum())
+    k = sens.per_next.shape[0]
+    if total == 0:
+        raise ValueError("every unit is inert on the query space (all sensitivities are 0); use mode='select'")
+    probs = s / total
+    note = ""
+    if keep is None:
+        if not act.piecewise_linear:
+            raise ValueError(
+                f"mode='sample' with eps needs a piecewise-linear activation (relu, leaky_relu, identity) "
+                f"for Theorem 4; {act} is not: use mode='select', or keep= for a deterministic bound"
+            )
+        draws = sample_size(eps, delta, total, n, sens.dim, k)
+        counts = draw_counts(probs, draws, generator)
+        eps_prob = sample_eps(draws, delta, total, n, sens.dim, k)
+    else:
+        counts, draws = draw_until_distinct(probs, keep, generator)
+        eps_prob = math.inf
+        if act.piecewise_linear:
+            eps_prob = sample_eps(draws, anytime_delta(delta, draws), total, n, sens.dim, k)
+        else:
+            note = f"{act} is not piecewise linear: only the deterministic bound applies"
+    kept = torch.nonzero(counts > 0).flatten().to(s.device)
+    scale = counts[kept.cpu()].to(s) * total / (draws * s[kept])
+    weights = torch.zeros_like(s)
+    weights[kept] = scale
+    eps_det = float(((weights - 1).abs()[None, :] * sens.per_next).sum(dim=1).max())
+    if eps_det <= eps_prob:
+        eps_final, delta_final = eps_det, 0.0
+    else:
+        eps_final, delta_final = eps_prob, delta
+    return kept, scale, {
+        "eps": eps_final, "delta": delta_final, "total_sensitivity": total, "draws": draws,
+        "eps_deterministic": eps_det, "eps_probabilistic": eps_prob, "note": note,
+    }

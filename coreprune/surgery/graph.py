@@ -1,0 +1,709 @@
+"""Find the layer pairs a whole-model pass may prune, by reading the model's torch.fx graph.
+
+A pair is a producer (nn.Linear / nn.Conv2d) whose output units are removed and the single
+nn.Linear / nn.Conv2d that reads them. Removing a unit is only safe when nothing but that
+consumer sees the unit, and only through channel-wise ops (a folded batch norm, one activation,
+dropout, pooling, a batch-preserving flatten). Everything else (a residual add, a concat, a second
+user, a shared module) ties the channels to another path, so the layer is reported as blocked,
+with the reason, instead of being pruned. When fx cannot trace a model, pairs can be given by hand
+and checked with `validate_pairs`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = [
+    "BlockedLayer",
+    "FxTraceError",
+    "PrunablePair",
+    "find_prunable_pairs",
+    "validate_pairs",
+]
+
+POOLING_KINDS = ("max", "avg", "adaptive_avg", "adaptive_max")
+
+
+@dataclass(frozen=True)
+class PrunablePair:
+    """A producer whose output units may be removed, and the one layer that reads them.
+
+    `between` lists the fx node names of the ops between the two (the norm included), in order.
+    """
+
+    producer: str
+    consumer: str
+    norm: str | None
+    activation: str
+    flatten: bool
+    between: tuple[str, ...]
+    pooling: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BlockedLayer:
+    """A Linear/Conv2d that is not the producer of any pair, and why."""
+
+    name: str
+    reason: str
+
+
+class FxTraceError(TypeError):
+    """torch.fx could not trace the model; pass pairs by hand instead."""
+
+
+# --------------------------------------------------------------------------------------------
+# What counts as a channel-wise op. Functions are matched by identity, methods by name.
+
+_ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Hardtanh, nn.GELU, nn.SiLU,
+    nn.Sigmoid, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU, nn.Softplus,
+)  # fmt: skip
+_DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+_POOL_MODULES: dict[type[nn.Module], str] = {
+    nn.MaxPool2d: "max",
+    nn.AvgPool2d: "avg",
+    nn.AdaptiveAvgPool2d: "adaptive_avg",
+    nn.AdaptiveMaxPool2d: "adaptive_max",
+}
+_ACTIVATION_FUNCTIONS: dict[Callable[..., Any], str] = {
+    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
+    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
+    F.elu: "elu", F.elu_: "elu", torch.tanh: "tanh", F.tanh: "tanh", torch.tanh_: "tanh",
+    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.gelu: "gelu", F.silu: "silu",
+    F.hardtanh: "hardtanh", F.hardtanh_: "hardtanh", F.mish: "mish", F.hardswish: "hardswish",
+    F.selu: "selu", F.softplus: "softplus",
+}  # fmt: skip
+_ACTIVATION_METHODS = {
+    "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
+    "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
+}  # fmt: skip
+_DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
+_POOL_FUNCTIONS: dict[Callable[..., Any], str] = {
+    F.max_pool2d: "max", torch.max_pool2d: "max", F.avg_pool2d: "avg",
+    F.adaptive_avg_pool2d: "adaptive_avg", F.adaptive_max_pool2d: "adaptive_max",
+}  # fmt: skip
+_PASS_METHODS = ("contiguous",)
+_FLATTEN_FUNCTIONS = (torch.flatten, torch.reshape)
+_FLATTEN_METHODS = ("flatten", "view", "reshape")
+_MEAN = (torch.mean, "mean")
+_ADD_OPS = (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub)
+_ADD_METHODS = ("add", "add_", "sub", "sub_", "__add__", "__radd__", "__iadd__")
+_CONCAT_OPS = (torch.cat, torch.concat, torch.stack)
+_META_METHODS = ("size", "dim")
+_META_ATTRS = ("shape", "ndim", "dtype", "device")
+_SPATIAL_DIMS = ({2, 3}, {-2, -1})
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[BlockedLayer]]:
+    """Every prunable (producer, consumer) pair of `model`, and every other Linear/Conv2d with why.
+
+    The model is traced with `torch.fx.symbolic_trace` and only read. Raises `FxTraceError` (a
+    `TypeError`) when fx cannot trace it; then build the pairs by hand and check them with
+    `validate_pairs`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    graph = _trace(model)
+    modules = dict(model.named_modules())
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    tied = _tied_modules(model)
+    walker = _Walker(modules, calls, tied)
+    pairs: list[PrunablePair] = []
+    blocked: list[BlockedLayer] = []
+    seen: set[str] = set()
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target in seen:
+            continue
+        if not isinstance(modules[node.target], (nn.Linear, nn.Conv2d)):
+            continue
+        seen.add(str(node.target))
+        outcome = walker.follow(node)
+        if isinstance(outcome, PrunablePair):
+            pairs.append(outcome)
+        else:
+            blocked.append(BlockedLayer(str(node.target), outcome))
+    for name, module in modules.items():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and name not in seen:
+            blocked.append(
+                BlockedLayer(
+                    name,
+                    "never called as its own module in the traced forward (it runs inside "
+                    "another module, through a custom subclass's forward, or not at all)",
+                )
+            )
+    return pairs, blocked
+
+
+def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[PrunablePair]:
+    """Check hand-given pairs against the model's modules; return them as a list.
+
+    Checks names, module types, groups, channel counts, the norm and the flatten/pooling
+    layout. It cannot check that the forward really connects them: that is the caller's claim.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(pairs, PrunablePair):
+        raise TypeError("pairs must be a list of PrunablePair, got a single one; wrap it in a list")
+    modules = dict(model.named_modules())
+    checked: list[PrunablePair] = []
+    producers: set[str] = set()
+    consumers: set[str] = set()
+    for i, pair in enumerate(pairs):
+        where = f"pairs[{i}]"
+        if not isinstance(pair, PrunablePair):
+            raise TypeError(f"{where} must be a PrunablePair, got {type(pair).__name__}")
+        _validate_one(pair, modules, where)
+        if pair.producer in producers:
+            raise ValueError(f"{where}: producer {pair.producer!r} appears in more than one pair")
+        if pair.consumer in consumers:
+            raise ValueError(f"{where}: consumer {pair.consumer!r} appears in more than one pair")
+        producers.add(pair.producer)
+        consumers.add(pair.consumer)
+        checked.append(pair)
+    return checked
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    try:
+        return fx.symbolic_trace(model).graph
+    except Exception as err:  # fx raises many types; all mean the same thing here
+        raise FxTraceError(
+            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). "
+            "Pass the pairs by hand instead (compress(..., pairs=[PrunablePair(...), ...])) and "
+            "check them with coreprune.surgery.graph.validate_pairs."
+        ) from err
+
+
+def _tied_modules(model: nn.Module) -> dict[str, str]:
+    """Module name -> the other module it shares a parameter tensor with (weight tying)."""
+    owner: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, module in model.named_modules():
+        for param in module._parameters.values():
+            if param is None:
+                continue
+            first = owner.setdefault(id(param), name)
+            if first != name:
+                tied[name], tied[first] = first, name
+    return tied
+
+
+# --------------------------------------------------------------------------------------------
+# Following one producer's output
+
+
+@dataclass
+class _Path:
+    """What has been seen between the producer and the current node."""
+
+    producer: fx.Node
+    is_conv: bool
+    norm: str | None = None
+    activation: str | None = None
+    flatten: bool = False
+    between: list[str] = field(default_factory=list)
+    pooling: list[str] = field(default_factory=list)
+
+
+class _Walker:
+    def __init__(
+        self, modules: Mapping[str, nn.Module], calls: Counter[Any], tied: Mapping[str, str]
+    ) -> None:
+        self.modules = modules
+        self.calls = calls
+        self.tied = tied
+
+    def follow(self, node: fx.Node) -> PrunablePair | str:
+        """The pair `node` produces, or the reason it cannot be pruned."""
+        name = str(node.target)
+        layer = self.modules[name]
+        reason = self._module_problem(name, "it")
+        if reason is not None:
+            return reason
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            return _grouped_reason(name, layer, "it")
+        path = _Path(node, isinstance(layer, nn.Conv2d))
+        cur = node
+        while True:
+            users = _value_users(cur)
+            where = "its output" if cur is node else f"the output of {cur.name!r}"
+            if not users:
+                return f"{where} is never used, so no layer reads its units"
+            if len(users) > 1:
+                names = ", ".join(repr(u.name) for u in users)
+                extra = " (including a residual add)" if any(_is_add(u) for u in users) else ""
+                return (
+                    f"{where} has {len(users)} users ({names}){extra}: its channels are shared, "
+                    "so they cannot be removed for one consumer"
+                )
+            user = users[0]
+            if user.op == "output":
+                if cur is node:
+                    return "final layer: its output is the model's output, no layer reads its units"
+                return f"{where} is the model's output, no layer reads its units"
+            step = self._step(user, cur, path)
+            if isinstance(step, (PrunablePair, str)):
+                return step
+            cur = user
+
+    def _module_problem(self, name: str, who: str) -> str | None:
+        count = self.calls[name]
+        if count > 1:
+            return f"{who} ({name!r}) is called {count} times in forward: one weight, many calls"
+        if name in self.tied:
+            return f"{who} ({name!r}) shares a parameter with {self.tied[name]!r} (tied weights)"
+        return None
+
+    def _step(self, user: fx.Node, cur: fx.Node, path: _Path) -> PrunablePair | str | None:
+        """Absorb one op into `path`; return the pair at the consumer, a reason, or None."""
+        if _is_add(user) or (user.op == "call_function" and user.target in _CONCAT_OPS):
+            return _non_channel_wise(user)
+        if not _reads_only_first_arg(user, cur):
+            return f"{_describe(user)} uses {cur.name!r} in a way that is not channel-wise"
+        if user.op == "call_module":
+            return self._module_step(user, path)
+        if user.op == "call_function":
+            return self._function_step(user, path)
+        if user.op == "call_method":
+            return self._method_step(user, path)
+        return f"unsupported op {_describe(user)} between the producer and the next layer"
+
+    def _module_step(self, user: fx.Node, path: _Path) -> PrunablePair | str | None:
+        name = str(user.target)
+        module = self.modules[name]
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            return self._finish(user, path)
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return self._norm_step(user, name, module, path)
+        if isinstance(module, _ACTIVATION_MODULES):
+            return _set_activation(path, user, _module_activation(module))
+        if isinstance(module, (*_DROPOUT_MODULES, nn.Identity)):
+            path.between.append(user.name)
+            return None
+        kind = _POOL_MODULES.get(type(module))
+        if kind is not None:
+            if getattr(module, "return_indices", False):
+                return f"pooling {name!r} returns indices (a tuple), not channel-wise data"
+            return _add_pooling(path, user, kind)
+        if isinstance(module, nn.Flatten):
+            if (module.start_dim, module.end_dim) != (1, -1):
+                return _bad_flatten(name, module.start_dim, module.end_dim)
+            return _add_flatten(path, user)
+        return f"unsupported module {name!r} ({type(module).__name__}) before the next layer"
+
+    def _norm_step(self, user: fx.Node, name: str, norm: nn.Module, path: _Path) -> str | None:
+        producer = self.modules[str(path.producer.target)]
+        if path.between:
+            return (
+                f"batch norm {name!r} is not directly after the producer (after "
+                f"{', '.join(path.between)}), so it cannot be folded into it"
+            )
+        reason = self._module_problem(name, "its batch norm")
+        if reason is not None:
+            return reason
+        expected = nn.BatchNorm2d if path.is_conv else nn.BatchNorm1d
+        if not isinstance(norm, expected):
+            return f"batch norm {name!r} is {type(norm).__name__}; need {expected.__name__}"
+        assert isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d))
+        if norm.num_features != _out_width(producer):
+            width = _out_width(producer)
+            return f"batch norm {name!r} has {norm.num_features} features, not {width}"
+        if norm.running_mean is None:
+            return (
+                f"batch norm {name!r} has no running statistics (track_running_stats=False), "
+                "so it cannot be folded"
+            )
+        path.norm = name
+        path.between.append(user.name)
+        return None
+
+    def _function_step(self, user: fx.Node, path: _Path) -> str | None:
+        target = user.target
+        if target in _ACTIVATION_FUNCTIONS:
+            return _set_activation(path, user, _function_activation(user))
+        if target in _DROPOUT_FUNCTIONS:
+            path.between.append(user.name)
+            return None
+        if target in _POOL_FUNCTIONS:
+            if _arg(user, 5, "return_indices", False):
+                return f"pooling {user.name!r} returns indices (a tuple), not channel-wise data"
+            return _add_pooling(path, user, _POOL_FUNCTIONS[target])  # type: ignore[index]
+        if target in _FLATTEN_FUNCTIONS:
+            return _flatten_call(path, user)
+        if target is _MEAN[0]:
+            return _mean_step(path, user)
+        return _non_channel_wise(user)
+
+    def _method_step(self, user: fx.Node, path: _Path) -> str | None:
+        target = str(user.target)
+        if target in _ACTIVATION_METHODS:
+            return _set_activation(path, user, _ACTIVATION_METHODS[target])
+        if target in _PASS_METHODS:
+            path.between.append(user.name)
+            return None
+        if target in _FLATTEN_METHODS:
+            return _flatten_call(path, user)
+        if target == _MEAN[1]:
+            return _mean_step(path, user)
+        return _non_channel_wise(user)
+
+    def _finish(self, user: fx.Node, path: _Path) -> PrunablePair | str:
+        producer_name = str(path.producer.target)
+        consumer_name = str(user.target)
+        producer = self.modules[producer_name]
+        consumer = self.modules[consumer_name]
+        reason = self._module_problem(consumer_name, "its consumer")
+        if reason is not None:
+            return reason
+        if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
+            return _grouped_reason(consumer_name, consumer, "its consumer")
+        layout = _layout_problem(producer, consumer, path.flatten, consumer_name)
+        if layout is not None:
+            return layout
+        return PrunablePair(
+            producer=producer_name,
+            consumer=consumer_name,
+            norm=path.norm,
+            activation=path.activation or "identity",
+            flatten=path.flatten,
+            between=tuple(path.between),
+            pooling=tuple(path.pooling),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers for the walk
+
+
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """Users that read the values, ignoring shape queries such as `x.size(0)`."""
+    out = []
+    for user in node.users:
+        if user.op == "call_method" and user.target in _META_METHODS:
+            continue
+        if (
+            user.op == "call_function"
+            and user.target is builtins.getattr
+            and len(user.args) > 1
+            and user.args[1] in _META_ATTRS
+        ):
+            continue
+        out.append(user)
+    return out
+
+
+def _reads_only_first_arg(user: fx.Node, cur: fx.Node) -> bool:
+    if user.op == "output":
+        return True
+    if not user.args or user.args[0] is not cur:
+        return False
+    found: list[fx.Node] = []
+
+    def collect(node: fx.Node) -> fx.Node:
+        found.append(node)
+        return node
+
+    fx.node.map_arg([*user.args[1:], *user.kwargs.values()], collect)
+    return all(n is not cur for n in found)
+
+
+def _is_add(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _ADD_OPS
+    return node.op == "call_method" and node.target in _ADD_METHODS
+
+
+def _bad_flatten(name: str, start: Any, end: Any) -> str:
+    return f"flatten {name!r} uses start_dim={start}, end_dim={end}; only (1, -1) keeps the batch"
+
+
+def _describe(node: fx.Node) -> str:
+    target = node.target
+    label = getattr(target, "__name__", None) or str(target)
+    return f"{node.name!r} ({node.op} {label})"
+
+
+def _non_channel_wise(user: fx.Node) -> str:
+    if _is_add(user):
+        return f"output feeds a residual add ({user.name!r}): channels are tied to the skip path"
+    if user.op == "call_function" and user.target in _CONCAT_OPS:
+        return f"output feeds a concatenation ({user.name!r}): channels tied to other inputs"
+    return f"unsupported op {_describe(user)} between the producer and the next layer"
+
+
+def _arg(node: fx.Node, index: int, key: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(key, default)
+
+
+def _set_activation(path: _Path, user: fx.Node, name: str) -> str | None:
+    if path.activation is not None:
+        return (
+            f"two activations ({path.activation!r}, then {name!r} at {user.name!r}) between the "
+            "producer and the next layer; only one is supported"
+        )
+    if name.startswith("unsupported:"):
+        return f"activation {user.name!r} has a parameter that is not a constant ({name[12:]})"
+    if path.flatten:
+        return f"activation {user.name!r} comes after the flatten; put it before"
+    path.activation = name
+    path.between.append(user.name)
+    return None
+
+
+def _add_pooling(path: _Path, user: fx.Node, kind: str) -> str | None:
+    if not path.is_conv:
+        return f"pooling {user.name!r} after a Linear producer mixes its units"
+    if path.flatten:
+        return f"pooling {user.name!r} comes after the flatten"
+    path.pooling.append(kind)
+    path.between.append(user.name)
+    return None
+
+
+def _add_flatten(path: _Path, user: fx.Node) -> str | None:
+    if not path.is_conv:
+        return (
+            f"flatten {user.name!r} after a Linear producer: where its units land depends on the "
+            "input rank"
+        )
+    path.flatten = True
+    path.between.append(user.name)
+    return None
+
+
+def _flatten_call(path: _Path, user: fx.Node) -> str | None:
+    """torch.flatten(x, 1), x.flatten(1), x.view(x.size(0), -1), x.reshape(-1, K), ..."""
+    target = user.target
+    if target is torch.flatten or target == "flatten":
+        start = _arg(user, 1, "start_dim", 0)
+        end = _arg(user, 2, "end_dim", -1)
+        if (start, end) != (1, -1):
+            return _bad_flatten(user.name, start, end)
+        return _add_flatten(path, user)
+    shape: list[Any] = list(user.args[1:]) or [user.kwargs.get("shape", ())]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = list(shape[0])
+    if len(shape) == 2 and _is_batch_flatten(shape[0], shape[1]):
+        return _add_flatten(path, user)
+    return f"reshape {user.name!r} is not a batch-preserving flatten (x.view(x.size(0), -1))"
+
+
+def _is_batch_flatten(first: Any, second: Any) -> bool:
+    if first == -1:
+        return isinstance(second, int) and not isinstance(second, bool) and second > 0
+    return second == -1 and _is_batch_size(first)
+
+
+def _is_batch_size(arg: Any) -> bool:
+    """`x.size(0)`, `x.shape[0]` or `x.size()[0]`."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method" and arg.target == "size":
+        return (len(arg.args) == 2 and arg.args[1] == 0) or arg.kwargs.get("dim") == 0
+    if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 0:
+        source = arg.args[0]
+        if not isinstance(source, fx.Node):
+            return False
+        if source.op == "call_method" and source.target == "size" and len(source.args) == 1:
+            return True
+        return (
+            source.op == "call_function"
+            and source.target is builtins.getattr
+            and source.args[1] == "shape"
+        )
+    return False
+
+
+def _mean_step(path: _Path, user: fx.Node) -> str | None:
+    """x.mean((2, 3)) is a global average pool (and a flatten unless keepdim=True)."""
+    dims = _arg(user, 1, "dim", None)
+    keepdim = _arg(user, 2, "keepdim", False)
+    spatial = isinstance(dims, (tuple, list)) and set(dims) in _SPATIAL_DIMS
+    if not spatial or not isinstance(keepdim, bool):
+        return f"mean {user.name!r} is not a global spatial average (dims (2, 3))"
+    reason = _add_pooling(path, user, "adaptive_avg")
+    if reason is not None or keepdim:
+        return reason
+    path.flatten = True
+    return None
+
+
+def _module_activation(module: nn.Module) -> str:
+    """Canonical activation name: 'relu', 'leaky_relu:<slope>', 'elu:<alpha>', 'gelu', ..."""
+    if isinstance(module, nn.LeakyReLU):
+        return f"leaky_relu:{float(module.negative_slope)!r}"
+    if isinstance(module, nn.ELU):
+        return f"elu:{float(module.alpha)!r}"
+    if isinstance(module, nn.CELU):
+        return f"celu:{float(module.alpha)!r}"
+    if isinstance(module, nn.ReLU6):
+        return "relu6"
+    if isinstance(module, nn.Hardtanh):
+        return _hardtanh_name(module.min_val, module.max_val)
+    if isinstance(module, nn.GELU):
+        return "gelu" if module.approximate == "none" else f"gelu_{module.approximate}"
+    if isinstance(module, nn.Softplus):
+        return _softplus_name(module.beta, module.threshold)
+    names = {
+        nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Mish: "mish",
+        nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SELU: "selu",
+    }  # fmt: skip
+    for cls, name in names.items():
+        if isinstance(module, cls):
+            return name
+    return type(module).__name__.lower()
+
+
+def _function_activation(user: fx.Node) -> str:
+    kind = _ACTIVATION_FUNCTIONS[user.target]  # type: ignore[index]
+    params: list[Any]
+    if kind == "leaky_relu":
+        params = [_arg(user, 1, "negative_slope", 0.01)]
+    elif kind == "elu":
+        params = [_arg(user, 1, "alpha", 1.0)]
+    elif kind == "hardtanh":
+        params = [_arg(user, 1, "min_val", -1.0), _arg(user, 2, "max_val", 1.0)]
+    elif kind == "softplus":
+        params = [_arg(user, 1, "beta", 1.0), _arg(user, 2, "threshold", 20.0)]
+    elif kind == "gelu":
+        params = [_arg(user, 1, "approximate", "none")]
+    else:
+        return kind
+    if any(isinstance(p, fx.Node) for p in params):
+        return f"unsupported:{kind}"
+    if kind == "hardtanh":
+        return _hardtanh_name(*params)
+    if kind == "softplus":
+        return _softplus_name(*params)
+    if kind == "gelu":
+        return "gelu" if params[0] == "none" else f"gelu_{params[0]}"
+    return f"{kind}:{float(params[0])!r}"
+
+
+def _hardtanh_name(low: float, high: float) -> str:
+    if (float(low), float(high)) == (-1.0, 1.0):
+        return "hardtanh"
+    return f"hardtanh:{float(low)!r}:{float(high)!r}"
+
+
+def _softplus_name(beta: float, threshold: float) -> str:
+    if (float(beta), float(threshold)) == (1.0, 20.0):
+        return "softplus"
+    return f"softplus:{float(beta)!r}:{float(threshold)!r}"
+
+
+def _out_width(layer: nn.Module) -> int:
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+
+
+def _grouped_reason(name: str, conv: nn.Conv2d, who: str) -> str:
+    kind = "depthwise" if conv.groups == conv.in_channels and conv.groups > 1 else "grouped"
+    return f"{who} ({name!r}) is a {kind} convolution (groups={conv.groups}); only groups=1 works"
+
+
+def _layout_problem(
+    producer: nn.Module, consumer: nn.Module, flatten: bool, consumer_name: str
+) -> str | None:
+    """Why `consumer` cannot read `producer`'s units one channel (or one flatten block) each."""
+    width = _out_width(producer)
+    if isinstance(producer, nn.Linear):
+        if isinstance(consumer, nn.Conv2d):
+            return f"a Linear producer feeds the conv {consumer_name!r}: units are not its channels"
+        if consumer.in_features != width:
+            return f"consumer {consumer_name!r} reads {consumer.in_features} features, not {width}"
+        return None
+    if isinstance(consumer, nn.Conv2d):
+        if flatten:
+            return f"a flatten sits between the producer and the conv {consumer_name!r}"
+        if consumer.in_channels != width:
+            return f"consumer {consumer_name!r} reads {consumer.in_channels} channels, not {width}"
+        return None
+    if not flatten:
+        return (
+            f"the Linear {consumer_name!r} reads the conv output without a flatten, so it mixes "
+            "the last spatial dimension, not channels"
+        )
+    if consumer.in_features % width != 0:
+        return (
+            f"consumer {consumer_name!r} reads {consumer.in_features} features, not a multiple "
+            f"of the producer's {width} channels"
+        )
+    return None
+
+
+def _validate_one(pair: PrunablePair, modules: Mapping[str, nn.Module], where: str) -> None:
+    for role in ("producer", "consumer"):
+        name = getattr(pair, role)
+        if not isinstance(name, str) or name not in modules:
+            raise ValueError(
+                f"{where}.{role}={name!r} is not a module of the model; use a name from "
+                "model.named_modules()"
+            )
+        layer = modules[name]
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            raise TypeError(
+                f"{where}.{role} {name!r} must be nn.Linear or nn.Conv2d, "
+                f"got {type(layer).__name__}"
+            )
+        if isinstance(layer, nn.Conv2d) and layer.groups != 1:
+            raise ValueError(f"{where}: {_grouped_reason(name, layer, role)}")
+    if pair.producer == pair.consumer:
+        raise ValueError(f"{where}: producer and consumer are the same module {pair.producer!r}")
+    producer, consumer = modules[pair.producer], modules[pair.consumer]
+    if not isinstance(pair.flatten, bool):
+        raise TypeError(f"{where}.flatten must be a bool, got {type(pair.flatten).__name__}")
+    if not isinstance(pair.activation, str) or not pair.activation:
+        raise TypeError(f"{where}.activation must be a name like 'relu', got {pair.activation!r}")
+    if not isinstance(pair.between, tuple) or not all(isinstance(b, str) for b in pair.between):
+        raise TypeError(f"{where}.between must be a tuple of str (fx node names, may be empty)")
+    if not isinstance(pair.pooling, tuple) or any(p not in POOLING_KINDS for p in pair.pooling):
+        raise ValueError(f"{where}.pooling must be a tuple from {POOLING_KINDS}: {pair.pooling!r}")
+    if pair.flatten and isinstance(producer, nn.Linear):
+        raise ValueError(f"{where}: flatten=True needs a Conv2d producer, not {pair.producer!r}")
+    if pair.pooling and isinstance(producer, nn.Linear):
+        raise ValueError(f"{where}: pooling after the Linear {pair.producer!r} mixes its units")
+    if pair.norm is not None:
+        _validate_norm(pair, modules, where)
+    problem = _layout_problem(producer, consumer, pair.flatten, pair.consumer)
+    if problem is not None:
+        raise ValueError(f"{where}: {problem}")
+
+
+def _validate_norm(pair: PrunablePair, modules: Mapping[str, nn.Module], where: str) -> None:
+    name = pair.norm
+    if not isinstance(name, str) or name not in modules:
+        raise ValueError(f"{where}.norm={name!r} is not a module of the model; use a name or None")
+    norm = modules[name]
+    producer = modules[pair.producer]
+    expected = nn.BatchNorm2d if isinstance(producer, nn.Conv2d) else nn.BatchNorm1d
+    if not isinstance(norm, expected):
+        raise TypeError(
+            f"{where}.norm {name!r} must be {expected.__name__}, got {type(norm).__name__}"
+        )
+    if norm.num_features != _out_width(producer):
+        raise ValueError(
+            f"{where}.norm {name!r} has {norm.num_features} features but the producer has "
+            f"{_out_width(producer)} units"
+        )
+    if norm.running_mean is None:
+        raise ValueError(f"{where}.norm {name!r} has no running statistics, so it cannot be folded")

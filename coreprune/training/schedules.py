@@ -1,0 +1,51 @@
+"""Learning-rate schedules as plain functions of training progress, so the trainer can set
+the rate every step and tests can check the values directly."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+Schedule = Literal["cosine", "step", "constant"]
+SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
+
+
+def check_schedule(schedule: str, milestones: Sequence[float], gamma: float) -> tuple[float, ...]:
+    """Validate a schedule's settings; returns the milestones as a tuple."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    marks = tuple(float(m) for m in milestones)
+    if any(not 0.0 < m < 1.0 for m in marks) or list(marks) != sorted(set(marks)):
+        raise ValueError(
+            f"milestones must be increasing fractions of training in (0, 1), got {milestones}"
+        )
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+    return marks
+
+
+def lr_factor(
+    schedule: Schedule,
+    step: int,
+    total_steps: int,
+    *,
+    epoch: int,
+    epochs: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> float:
+    """Multiplier on the base rate at optimiser step ``step`` (0-based) of ``total_steps``.
+
+    - cosine: 0.5 * (1 + cos(pi * step / total_steps)), per step, from 1 towards 0.
+    - step: ``gamma`` ** (number of milestones reached), per epoch; a milestone m is reached
+      at epoch ``round(m * epochs)`` (0.5 and 0.75 of 160 epochs give 80 and 120).
+    - constant: 1 (fine-tuning).
+    """
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    if schedule == "step":
+        return gamma ** sum(epoch >= round(m * epochs) for m in milestones)
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
