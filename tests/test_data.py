@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import pickle
@@ -234,6 +235,28 @@ def test_cifar_refuses_foreign_globals(tmp_path: Path) -> None:
     evil = {b"data": OrderedDict(a=1), b"labels": [0]}
     (tmp_path / "test_batch").write_bytes(pickle.dumps(evil, protocol=2))
     with pytest.raises(ValueError, match=r"test_batch.*collections\.OrderedDict"):
+        load_cifar10(tmp_path)
+
+
+def test_cifar_accepts_numpy1_module_path(tmp_path: Path) -> None:
+    # files written by Python 2 / numpy 1 name numpy.core.multiarray._reconstruct
+    _write_cifar10(tmp_path)
+    blob = pickle.dumps(_cifar_batch(3, "labels", 10, 9, py2=True), protocol=2)
+    old = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in old
+    (tmp_path / "test_batch").write_bytes(old)
+    assert load_cifar10(tmp_path).test_labels.tolist() == [9, 0, 1]
+
+
+class _Rot13:
+    def __reduce__(self) -> tuple:
+        return (codecs.encode, ("abc", "rot13"))
+
+
+def test_cifar_refuses_other_codecs(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({"data": _Rot13()}, protocol=2))
+    with pytest.raises(ValueError, match="rot13"):
         load_cifar10(tmp_path)
 
 

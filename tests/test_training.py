@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -10,6 +11,16 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune.training import TrainHistory, evaluate, fit, lr_factor, set_seed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny batches gain nothing from threads, and on a shared 2-core machine the thread
+    pool's spin-waiting makes them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _blobs(n: int = 256, seed: int = 0) -> TensorDataset:

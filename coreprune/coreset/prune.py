@@ -83,6 +83,7 @@ def coreset_prune(
     sensitivity: str = "auto",
     tol: float = 1e-3,
     progress: bool = False,
+    sensitivities: Sensitivities | None = None,
 ) -> PruneResult:
     """Prune the units of `layer` (nn.Linear or nn.Conv2d) with a certified relative error.
 
@@ -115,13 +116,24 @@ def coreset_prune(
     query = _resolve_query(query, units_full.shape[1] - 1)
     reading = next_weights(next_layer, n, device=units_full.device)
     units_q = units_full @ query.lifting(units_full.device)
-    sens = compute_sensitivities(units_q, reading, sensitivity, tol=tol, progress=progress)
+    if sensitivities is None:
+        sens = compute_sensitivities(units_q, reading, sensitivity, tol=tol, progress=progress)
+    elif not isinstance(sensitivities, Sensitivities):
+        raise TypeError(f"sensitivities must come from an earlier result's .sensitivities, got {type(sensitivities).__name__}")
+    elif sensitivities.per_next.shape != reading.shape:
+        raise ValueError(
+            f"sensitivities are for {tuple(sensitivities.per_next.shape)} (next units x units) but this "
+            f"layer pair needs {tuple(reading.shape)}; recompute them"
+        )
+    else:
+        sens = sensitivities
     if mode == "select":
         kept, scale, cert = _select(sens, eps, keep)
     else:
         kept, scale, cert = _sample(sens, eps, keep, delta, act, n, generator)
+    used = "+".join(sens.bounds)
     cert = Certificate(
-        query=query.describe(), mode=mode, sensitivity=sensitivity, units=n, kept=int(kept.numel()), **cert
+        query=query.describe(), mode=mode, sensitivity=used, units=n, kept=int(kept.numel()), **cert
     )
     return PruneResult(
         keep=kept, scale=scale, sensitivity=sens.per_unit, certificate=cert, sensitivities=sens,

@@ -9,7 +9,9 @@ coordinates, and s_ij = sup_y |v_i . y| / sum_l |v_l . y|. Three bounds, all val
   (Theorem 3); cheap and batched;
 - ``exact``: the linear program whose value is 1/s_ij, certified through its dual (Theorem 1).
 
-Each returns a (k x n) matrix; ``auto`` takes the entry-wise minimum of ``paper`` and ``leverage``.
+Each returns a (k x n) matrix. ``auto`` takes the entry-wise minimum of ``leverage`` and, when the
+layer is small enough for it to finish in seconds (``PAPER_BUDGET`` unit-rows), ``paper``; the
+result's ``bounds`` says which ran. ``all`` is the minimum of the three.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import linprog
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from coreprune.geometry import caratheodory, linear_span, mvee
 
 METHODS = ("auto", "paper", "leverage", "exact", "all")
+PAPER_BUDGET = 5_000  # units x distinct next units above which "auto" skips the paper bound
 _RANK_RTOL = 1e-12
 
 
@@ -68,7 +72,8 @@ def _one_thread() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(1):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -86,7 +91,9 @@ def compute_sensitivities(
         raise ValueError(f"sensitivity must be one of {METHODS}, got {method!r}")
     coords = span_coordinates(units)
     weights = reading.abs()
-    wanted = {"auto": ("paper", "leverage"), "all": ("paper", "leverage", "exact")}.get(method, (method,))
+    work = units.shape[0] * torch.unique(weights, dim=0).shape[0]
+    auto = ("paper", "leverage") if work <= PAPER_BUDGET else ("leverage",)
+    wanted = {"auto": auto, "all": ("paper", "leverage", "exact")}.get(method, (method,))
     table: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "paper": lambda v: paper_bound(v, tol=tol),
         "leverage": leverage_bound,

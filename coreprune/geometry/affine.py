@@ -67,6 +67,13 @@ def from_hull(y: Tensor, center: Tensor, basis: Tensor) -> Tensor:
     return center + y.to(torch.float64) @ basis.T
 
 
+def _check_rtol(rtol: object) -> float:
+    value = check_positive(rtol, "rtol")
+    if value >= 1.0:
+        raise ValueError(f"rtol must be < 1 (a relative singular-value threshold), got {rtol}")
+    return value
+
+
 def _rank(s: Tensor, rtol: float, floor: float) -> int:
     """Number of singular values above the documented threshold."""
     if s.numel() == 0:
@@ -102,7 +109,7 @@ def svd_coordinates(
 def affine_hull(points: Tensor, rtol: float = 1e-10) -> AffineHull:
     """Affine hull of the rows of ``points`` (n, d): mean, then SVD (see module doc for rank)."""
     x = check_points(points)
-    rtol = check_positive(rtol, "rtol")
+    rtol = _check_rtol(rtol)
     center, basis, _, s = svd_coordinates(x, rtol, centre=True)
     return AffineHull(center=center, basis=basis, singular_values=s)
 
@@ -110,6 +117,6 @@ def affine_hull(points: Tensor, rtol: float = 1e-10) -> AffineHull:
 def linear_span(points: Tensor, rtol: float = 1e-10) -> Tensor:
     """Orthonormal basis (d, r) of the linear span of the rows of ``points`` (no centring)."""
     x = check_points(points)
-    rtol = check_positive(rtol, "rtol")
+    rtol = _check_rtol(rtol)
     _, basis, _, _ = svd_coordinates(x, rtol, centre=False)
     return basis

@@ -4,18 +4,18 @@ The coreset construction expresses points of the (shrunk) Löwner ellipsoid as c
 combinations of input points; Carathéodory guarantees that r+1 points suffice, where r is the
 dimension of the points' affine hull. This module finds such a combination fast and exactly.
 
-Method (why it is fast): the classic reduction removes one point per null-space step, which is
-O(n) steps of O(d^3) each. The "booster" of Maalouf, Jubran & Feldman (NeurIPS 2019) instead
-splits the points into k = 2(d+1) chunks, reduces the k chunk means (a small problem), and keeps
-only the chunks that survive; every round at least halves the point count, so the work is
-O(n d) plus O(log n) small reductions. Each small reduction takes one pivoted QR for a basis of
-the affine null space and then eliminates points by Gaussian elimination on that basis.
+Why it is fast: the classic reduction drops one point per null-space step, n - r - 1 steps in
+all. The "booster" of Maalouf, Jubran & Feldman (NeurIPS 2019) instead splits the points into
+k = 2(d+1) chunks, reduces the k chunk means (a small problem) and keeps only the points of the
+surviving chunks, rescaled; every round at least halves the point count, so the work is
+O(n d) plus O(log n) small reductions. A small reduction takes one pivoted QR for a basis of
+the affine dependencies and then drops points by Gaussian elimination on that basis.
 
-Method (why it is exact): all work is done in float64 on points centred at the weighted mean
-and scaled to unit radius. The final support (at most r+1 points) is polished by one step of
-least-squares iterative refinement (or non-negative least squares if refinement would create a
-negative weight), and the answer is verified in the caller's coordinates; if the verification
-fails, a RuntimeError is raised instead of returning an inexact answer.
+Why it is exact: the work is done in float64 on points centred at their weighted mean and
+scaled to unit radius. The weights on the final support are polished (one least-squares
+refinement step, or non-negative least squares) and the answer is verified on the caller's
+points. If it fails, the reduction is redone with the strictest rank threshold; if that fails
+too, a RuntimeError is raised: an inexact answer is never returned.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from coreprune.geometry._validate import check_points, check_positive, check_wei
 __all__ = ["caratheodory", "caratheodory_error"]
 
 _EPS = float(np.finfo(np.float64).eps)
+# Rank threshold, relative, as a fraction of the caller's tol: directions this thin are treated
+# as flat, which costs at most about this much accuracy, well inside tol.
+_RANK_FRACTION_OF_TOL = 1e-2
 
 
 # --------------------------------------------------------------------------- validation
@@ -51,36 +54,40 @@ def _check_inputs(points: object, weights: object, tol: object) -> tuple[Tensor,
 
 
 # --------------------------------------------------------------------------- core (numpy)
-def _affine_null_space(y: np.ndarray) -> np.ndarray:
-    """Basis (m, q) of the affine dependencies {v : y^T v = 0, sum(v) = 0}.
+def _affine_null_space(y: np.ndarray, rtol: float) -> np.ndarray:
+    """Basis (m, q) of the affine dependencies {v : y^T v = 0, sum(v) = 0} of the m points.
 
-    A column-pivoted QR of A^T = [y, 1] reveals the rank (|R_kk| at or below
-    max(shape) * eps * |R_00| counts as zero); the trailing columns of the full Q are an
-    orthonormal basis of the orthogonal complement of A's row space, i.e. of A's null space.
-    It is several times cheaper than a full SVD; the few-ulp error a borderline rank call
-    admits is removed by the final polish and caught by the final verification.
+    A column-pivoted QR of A = [y^T; 1] picks well-conditioned basis points and reveals the
+    rank: |R_kk| <= max(rtol, max(shape) * eps) * |R_00| counts as zero. With
+    A P = Q [R11 R12], the columns of P [-R11^{-1} R12; I] span A's null space (each writes one
+    non-basis point as an affine combination of basis points). Q is never formed, which is
+    about twice as cheap as an orthonormal basis and several times cheaper than a full SVD.
     """
     m, d = y.shape
-    at = np.empty((m, d + 1))
-    at[:, :d] = y
-    at[:, d] = 1.0
-    q, r, _ = qr(at, pivoting=True, mode="full", check_finite=False)
+    a = np.empty((d + 1, m))
+    a[:d] = y.T
+    a[d] = 1.0
+    r, perm = qr(a, pivoting=True, mode="r", check_finite=False)
     diag = np.abs(np.diag(r))
-    rank = int(np.count_nonzero(diag > max(at.shape) * _EPS * diag[0]))
-    return q[:, rank:]
+    thresh = max(rtol, max(a.shape) * _EPS) * diag[0]
+    rank = int(np.count_nonzero(diag > thresh))
+    null = np.zeros((m, m - rank))
+    null[perm[:rank]] = -solve_triangular(r[:rank, :rank], r[:rank, rank:], check_finite=False)
+    null[perm[rank:], np.arange(m - rank)] = 1.0
+    return null
 
 
-def _reduce(y: np.ndarray, lam: np.ndarray) -> np.ndarray:
+def _reduce(y: np.ndarray, lam: np.ndarray, rtol: float) -> np.ndarray:
     """Classic Carathéodory reduction: new lam >= 0 with at most rank+1 nonzeros.
 
     Each null vector v moves weight along a direction that keeps the mean and total fixed, by
     the largest step keeping lam >= 0, which zeroes one point (the pivot). Later null vectors
     are first made zero at all earlier pivots, so no step revives a dropped point. That
-    elimination is done left-looking (one triangular solve and one matrix-vector product per
-    step) rather than as rank-1 updates of all remaining vectors, which moves far less memory.
+    elimination is left-looking (a triangular solve and a matrix-vector product per step), not
+    rank-1 updates of all remaining vectors, which moves far less memory.
     """
     lam = lam.copy()
-    null = _affine_null_space(y)
+    null = _affine_null_space(y, rtol)
     m, q = null.shape
     used = np.empty((m, q))  # the null vectors actually applied, zero at earlier pivots
     tri = np.zeros((q, q))  # tri[k, l] = used[pivot_k, l]: lower triangular
@@ -103,7 +110,7 @@ def _reduce(y: np.ndarray, lam: np.ndarray) -> np.ndarray:
         lam -= ratios[i] * v
         lam[i] = 0.0
         # Ties in the ratio test leave a few-ulp negative weight; it is a zero in exact
-        # arithmetic, and a zero weight is eliminated (with step 0) by a later step or dropped.
+        # arithmetic, and a zero weight is dropped by a later step (with step 0) or at the end.
         np.maximum(lam, 0.0, out=lam)
         used[:, j] = v
         pivots[j] = i
@@ -111,7 +118,9 @@ def _reduce(y: np.ndarray, lam: np.ndarray) -> np.ndarray:
     return lam
 
 
-def _boosted_reduce(y: np.ndarray, lam: np.ndarray, chunks: int) -> tuple[np.ndarray, np.ndarray]:
+def _boosted_reduce(
+    y: np.ndarray, lam: np.ndarray, chunks: int, rtol: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Booster: reduce chunk means, keep surviving chunks, repeat; return (support, weights)."""
     idx = np.arange(y.shape[0])
     lam = lam.copy()
@@ -119,33 +128,32 @@ def _boosted_reduce(y: np.ndarray, lam: np.ndarray, chunks: int) -> tuple[np.nda
         ys, ls = y[idx], lam[idx]
         bounds = np.linspace(0, idx.size, chunks + 1).round().astype(np.int64)
         sizes = np.diff(bounds)
-        starts = bounds[:-1]
-        cw = np.add.reduceat(ls, starts)
-        cmean = np.add.reduceat(ls[:, None] * ys, starts, axis=0) / cw[:, None]
-        new_cw = _reduce(cmean, cw)
+        cw = np.add.reduceat(ls, bounds[:-1])
+        cmean = np.add.reduceat(ls[:, None] * ys, bounds[:-1], axis=0) / cw[:, None]
+        new_cw = _reduce(cmean, cw, rtol)
         lam[idx] = ls * np.repeat(new_cw / cw, sizes)
         idx = idx[np.repeat(new_cw > 0.0, sizes)]
-    sub = _reduce(y[idx], lam[idx])
+    sub = _reduce(y[idx], lam[idx], rtol)
     keep = sub > 0.0
     return idx[keep], sub[keep]
 
 
-def _residual(y: np.ndarray, lam: np.ndarray, target: np.ndarray) -> float:
-    """Residual of sum(lam*y) = target, sum(lam) = 1 (centred, unit-radius coordinates)."""
-    return math.hypot(float(np.linalg.norm(lam @ y - target)), float(lam.sum()) - 1.0)
+def _residual(y: np.ndarray, lam: np.ndarray, aim: np.ndarray) -> float:
+    """Residual of sum(lam * y) = aim, sum(lam) = 1."""
+    return math.hypot(float(np.linalg.norm(lam @ y - aim)), float(lam.sum()) - 1.0)
 
 
-def _polish(y: np.ndarray, lam: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _polish(y: np.ndarray, lam: np.ndarray, aim: np.ndarray) -> np.ndarray:
     """Re-solve the weights on a fixed support: refinement step, else NNLS; keep the best."""
     a = np.vstack([y.T, np.ones((1, y.shape[0]))])
-    b = np.append(target, 1.0)
-    best, best_res = lam, _residual(y, lam, target)
+    b = np.append(aim, 1.0)
+    best, best_res = lam, _residual(y, lam, aim)
     refined = lam + np.linalg.lstsq(a, b - a @ lam, rcond=None)[0]
-    if bool((refined >= 0.0).all()) and _residual(y, refined, target) < best_res:
-        best, best_res = refined, _residual(y, refined, target)
+    if bool((refined >= 0.0).all()) and _residual(y, refined, aim) < best_res:
+        best, best_res = refined, _residual(y, refined, aim)
     if best_res > 100 * _EPS:
         fitted = nnls(a, b)[0]
-        if _residual(y, fitted, target) < best_res:
+        if _residual(y, fitted, aim) < best_res:
             best = fitted
     return best
 
@@ -168,10 +176,38 @@ def _relative_errors(
     ws, nws = _pow2_scaled(w, scale), _pow2_scaled(nw, scale)
     total = float(ws.sum())
     radius = float(np.linalg.norm(xs[w > 0.0], axis=1).max())
-    mean_err = (
-        0.0 if radius == 0.0 else float(np.linalg.norm(nws @ xs[idx] - ws @ xs)) / (total * radius)
-    )
+    if radius == 0.0:
+        mean_err = 0.0
+    else:
+        mean_err = float(np.linalg.norm(nws @ xs[idx] - ws @ xs)) / (total * radius)
     return mean_err, abs(float(nws.sum()) - total) / total
+
+
+def _solve(x: np.ndarray, ws: np.ndarray, rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce the positive-weight points x (|x| < 1) to (local indices, weights)."""
+    m, d = x.shape
+    total = float(ws.sum())
+    if m == 1:
+        return np.arange(1), ws.copy()
+    lam0 = ws / total
+    # Weights below ~1e-308 of the total underflow to 0 here; their share of the sum is far
+    # below any tolerance, so they sit out the reduction (the verification still counts them).
+    live = np.flatnonzero(lam0 > 0.0)
+    lam0, xl = lam0[live], x[live]
+    centred = xl - lam0 @ xl
+    spread = float(np.linalg.norm(centred, axis=1).max())
+    # Below this spread the points differ only by the rounding of the centring step (the same
+    # floor as coreprune.geometry.affine), so they are one point.
+    if spread <= 8.0 * _EPS * math.sqrt(m * d) * float(np.abs(xl).max()):
+        return live[:1], np.array([total])
+    y = centred / spread
+    aim = lam0 @ y  # zero up to rounding; aiming at it exactly keeps the sum exact
+    local, lam = _boosted_reduce(y, lam0, 2 * (d + 1), rtol)
+    if local.size == m:  # already affinely independent: return the input unchanged
+        return np.arange(m), ws.copy()
+    lam = _polish(y[local], lam, aim)
+    keep = lam > 0.0
+    return live[local[keep]], total * lam[keep]
 
 
 # --------------------------------------------------------------------------- public API
@@ -203,20 +239,21 @@ def caratheodory(points: Tensor, weights: Tensor, *, tol: float = 1e-9) -> tuple
         points: (n, d) real tensor; cast to float64. Not modified.
         weights: (n,) nonnegative, finite, not all zero, with a finite sum; need not sum to 1.
             Points with zero weight are dropped. Not modified.
-        tol: verification tolerance for both relative errors defined in
-            :func:`caratheodory_error`: ||sum new_w p - sum w p|| <= tol * W * R and
-            |sum new_w - W| <= tol * W, where W = sum(w) and R = max ||p_i|| over w_i > 0.
+        tol: verified bound on both relative errors of :func:`caratheodory_error`:
+            ||sum_j new_w_j p_{idx_j} - sum_i w_i p_i|| <= tol * W * R and
+            |sum_j new_w_j - W| <= tol * W, with W = sum(w) and R = max ||p_i|| over w_i > 0.
+            So coordinates far smaller than R are matched to tol * R, not to their own scale.
 
     Returns:
         ``(indices, new_weights)``: sorted, distinct int64 indices into ``points`` and positive
-        float64 weights, both on the points' device. Their number is at most r+1 <= d+1, where r
-        is the numerical dimension of the affine hull of the positive-weight points: the rank
-        of [P - mu; 1] (P centred at its weighted mean mu and scaled to unit radius) with
-        singular values below max(shape) * eps64 * s_max counted as zero (numpy's
-        matrix_rank rule); points whose spread is within the rounding floor of
-        :mod:`coreprune.geometry.affine` count as one point.
-        If the positive-weight points are already affinely independent they are returned with
-        their original weights unchanged. Results carry no autograd history.
+        float64 weights, both on the points' device, at most r+1 <= d+1 of them. r is the
+        numerical dimension of the affine hull of the positive-weight points at the accuracy
+        asked for: directions thinner than about tol/100 relative to the points' spread count
+        as flat (the rank of [P - mu; 1], P centred at its weighted mean mu and scaled to unit
+        radius, by a pivoted QR with relative threshold max(tol/100, max(shape) * eps64)).
+        Points whose spread is within the rounding floor of :mod:`coreprune.geometry.affine`
+        count as one point. If the positive-weight points are already affinely independent
+        they are returned with their original weights, unchanged. No autograd history.
 
     Raises:
         TypeError / ValueError: for malformed input (see the message for the fix).
@@ -227,44 +264,18 @@ def caratheodory(points: Tensor, weights: Tensor, *, tol: float = 1e-9) -> tuple
     w_np = w.cpu().numpy()
     x_all = pts.cpu().numpy()
     support = np.flatnonzero(w_np > 0.0)
-    ws = w_np[support]
-    total = float(ws.sum())
-    x = _pow2_scaled(x_all[support], float(np.abs(x_all[support]).max()))  # |x| < 1, exact
-    m, d = x.shape
-
-    lam0 = ws / total
-    # Weights below ~1e-308 of the total underflow to 0 here; their share of the sum is far
-    # below any tolerance, so they take no part in the reduction (the verification still
-    # compares against the full sum).
-    live = np.flatnonzero(lam0 > 0.0)
-    lam0, xl = lam0[live], x[live]
-    centred = xl - lam0 @ xl
-    spread = float(np.linalg.norm(centred, axis=1).max())
-    # Below this spread the points differ only by the rounding of the centring step (the same
-    # floor as coreprune.geometry.affine), so they are one point.
-    floor = 8.0 * _EPS * math.sqrt(m * d) * float(np.abs(xl).max())
-    if m == 1:
-        chosen, new_w = support, ws.copy()
-    elif spread <= floor:
-        chosen, new_w = support[live[:1]], np.array([total])
-    else:
-        y = centred / spread
-        aim = lam0 @ y  # zero up to rounding; aiming at it exactly keeps the sum exact
-        local, lam = _boosted_reduce(y, lam0, chunks=2 * (d + 1))
-        if local.size == m:  # already affinely independent: return the input unchanged
-            chosen, new_w = support, ws.copy()
-        else:
-            lam = _polish(y[local], lam, aim)
-            keep = lam > 0.0
-            chosen, new_w = support[live[local[keep]]], total * lam[keep]
-
-    mean_err, total_err = _relative_errors(x_all, w_np, chosen, new_w)
-    if not (mean_err <= tol and total_err <= tol):
-        raise RuntimeError(
-            f"caratheodory could not verify its answer: relative mean error {mean_err:.3g}, "
-            f"relative total error {total_err:.3g}, tol {tol:.3g}; the points may be too "
-            "ill-conditioned for float64 at this tol (try a larger tol)"
-        )
-    device = pts.device
-    indices = torch.as_tensor(chosen, dtype=torch.int64).to(device)
-    return indices, torch.as_tensor(new_w, dtype=torch.float64).to(device)
+    x = _pow2_scaled(x_all[support], float(np.abs(x_all[support]).max()))  # exact, |x| < 1
+    errors = (math.inf, math.inf)
+    # First at the rank threshold tol allows; if that cannot be verified, at the strictest.
+    for rtol in (_RANK_FRACTION_OF_TOL * tol, 0.0):
+        local, new_w = _solve(x, w_np[support], rtol)
+        chosen = support[local]
+        errors = _relative_errors(x_all, w_np, chosen, new_w)
+        if max(errors) <= tol:
+            indices = torch.as_tensor(chosen, dtype=torch.int64).to(pts.device)
+            return indices, torch.as_tensor(new_w, dtype=torch.float64).to(pts.device)
+    raise RuntimeError(
+        f"caratheodory could not verify its answer: relative mean error {errors[0]:.3g}, "
+        f"relative total error {errors[1]:.3g}, tol {tol:.3g}; the points may be too "
+        "ill-conditioned for float64 at this tol (try a larger tol)"
+    )

@@ -33,9 +33,11 @@ anisotropy; the ellipsoid is mapped back afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import scipy.linalg
 import torch
 from scipy.linalg import blas
 from torch import Tensor
@@ -47,6 +49,7 @@ from coreprune.geometry.ellipsoid import Ellipsoid
 __all__ = ["mvee"]
 
 _HULL_RTOL = 1e-10
+_NUMPY_LOOP = True  # run the CPU inner loop on numpy views (see _State)
 
 
 def _check_max_iter(max_iter: object) -> int:
@@ -60,42 +63,39 @@ def _check_max_iter(max_iter: object) -> int:
 def kumar_yildirim_support(z: Tensor, centered: bool) -> Tensor:
     """Indices of a Kumar–Yildirim initial support for points z (n, r) of full rank r.
 
-    General variant: r times, take the direction b (orthogonal to the differences chosen so
-    far) of the point sticking out most, and add the two extreme points along b. Centred
-    variant: add the point of largest |b . z| for such b; the chosen points are then linearly
-    independent. Either way the uniform design on the support is nonsingular.
+    General variant (KY 2005): r times, take a direction b orthogonal to the differences chosen
+    so far (the residual of the point sticking out most) and add the two extreme points along
+    b; the differences span R^r, so the uniform lifted design is nonsingular. Centred variant:
+    add the point of largest |b . z|; with b the largest residual that point is the residual's
+    own, so this is Gram–Schmidt with greedy pivoting (LAPACK's pivoted QR on CPU), and the
+    r chosen points are linearly independent.
     """
     r = z.shape[1]
+    if centered and z.device.type == "cpu" and _NUMPY_LOOP:
+        _, piv = scipy.linalg.qr(z.T.numpy(), mode="r", pivoting=True)
+        return torch.as_tensor(np.sort(piv[:r]), dtype=torch.long)
     y = z if centered else z - z.mean(dim=0)
-    # Orthonormal basis of the chosen directions; residual norms are downdated, not recomputed,
-    # so each round costs two (n, r) products instead of touching a full residual matrix.
+    # Rows of ``frame`` are the orthonormal chosen directions; residual norms are downdated,
+    # not recomputed, so a round costs two (n, r) products and no residual matrix.
     frame = torch.zeros(r, r, dtype=z.dtype, device=z.device)
     norms = (y * y).sum(dim=1)
     chosen: list[int] = []
     for k in range(r):
         i = int(torch.argmax(norms))
-        b = _orthogonalise(y[i], frame[:, :k])
-        proj = y @ b
         if centered:
-            j = int(torch.argmax(proj.abs()))
-            chosen.append(j)
-            new = y[j]
+            chosen.append(i)
+            new = y[i]
         else:
+            b = y[i] - frame[:k].T @ (frame[:k] @ y[i])  # need not be exactly orthogonal
+            proj = y @ b
             hi, lo = int(torch.argmax(proj)), int(torch.argmin(proj))
             chosen.extend((hi, lo))
             new = y[hi] - y[lo]
-        new = _orthogonalise(new, frame[:, :k])
-        frame[:, k] = new
-        norms = norms - (y @ new) ** 2
+        for _ in range(2):  # Gram–Schmidt twice is orthogonal to rounding
+            new = new - frame[:k].T @ (frame[:k] @ new)
+        frame[k] = new / torch.linalg.vector_norm(new)
+        norms = norms - (y @ frame[k]) ** 2
     return torch.unique(torch.tensor(chosen, dtype=torch.long, device=z.device))
-
-
-def _orthogonalise(v: Tensor, frame: Tensor) -> Tensor:
-    """Unit vector along v minus its projection on the orthonormal columns of ``frame``
-    (classical Gram–Schmidt applied twice, which is enough for orthogonality to rounding)."""
-    for _ in range(2):
-        v = v - frame @ (frame.T @ v)
-    return v / torch.linalg.vector_norm(v)
 
 
 def _exact(q: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -121,7 +121,7 @@ class _State:
 
     def __init__(self, q: Tensor, u: Tensor) -> None:
         self.q_t = q
-        self.cpu = q.device.type == "cpu"
+        self.cpu = q.device.type == "cpu" and _NUMPY_LOOP
         self.q = q.numpy() if self.cpu else q
         self.u = u.numpy() if self.cpu else u
         self.where = np.where if self.cpu else torch.where
@@ -132,6 +132,8 @@ class _State:
         u_t = torch.from_numpy(self.u) if self.cpu else self.u
         minv, omega = _exact(self.q_t, u_t)
         self.minv = minv.numpy() if self.cpu else minv
+        if self.cpu:
+            self.minv_f = self.minv if self.minv.flags.f_contiguous else self.minv.T
         self.omega = omega.numpy() if self.cpu else omega
         self.c = 1.0
         self.fresh = True
@@ -140,17 +142,20 @@ class _State:
     def rank_one(self, idx: int, beta: float, scale: float) -> None:
         """M^{-1} <- scale (M^{-1} - beta v v^T) with v = M^{-1} q_idx; omega to match."""
         c = self.c
-        v = self.minv @ self.q[idx]  # stored units: true v = c * v
-        qv = self.q @ v
         alpha = -beta * c  # true update -beta (c v)(c v)^T, in stored units divide by c
         if self.cpu:
-            # M^{-1} is symmetric: hand BLAS whichever of it / its transpose is Fortran-ordered
-            # so the update happens in place (f2py would otherwise work on a copy).
-            a = self.minv if self.minv.flags.f_contiguous else self.minv.T
-            out = blas.dger(alpha, v, v, a=a, overwrite_a=True)
+            # Symmetric BLAS on the upper triangle of the Fortran-ordered view (M^{-1} is
+            # symmetric, so either it or its transpose is one): half the memory traffic of a
+            # general update, and in place.
+            a = self.minv_f
+            v = blas.dsymv(1.0, a, self.q[idx])  # stored units: true v = c * v
+            qv = self.q @ v
+            out = blas.dsyr(alpha, v, a=a, overwrite_a=True)
             if not np.shares_memory(out, a):
                 a[...] = out
         else:
+            v = self.minv @ self.q[idx]
+            qv = self.q @ v
             self.minv.addr_(v, v, alpha=alpha)
         self.omega -= (beta * c) * qv * qv
         self.c = c * scale
@@ -301,7 +306,7 @@ def _ellipsoid_from_design(
     # Map back from whitened coordinates: y = z * (s / sqrt(n)).
     dscale = s / math.sqrt(n)
     a_z = torch.cholesky_inverse(chol) / big_k
-    hull_shape = a_z / torch.outer(dscale, dscale)
+    hull_shape = (a_z / dscale[:, None]) / dscale[None, :]  # two steps: no overflow of s_i s_j
     hull_shape = 0.5 * (hull_shape + hull_shape.T)
     cy = cz * dscale
     full_center = center + basis @ cy
@@ -315,8 +320,18 @@ def _ellipsoid_from_design(
         centered=centered,
         hull_shape=hull_shape,
         john_factor=john,
-        log_det_gap=max(0.0, r * math.log(big_k / r)),
+        log_det_gap=r * math.log(big_k / r),
     )
-    # Exact max over the inputs, with the same arithmetic as Ellipsoid.mahalanobis.
+    # Exact max over the inputs, with the same arithmetic as Ellipsoid.mahalanobis, so the
+    # containment holds as the caller will check it. big_k * kappa >= r in exact arithmetic
+    # (the u-weighted mean of the Mahalanobis values is r), so the gap is clipped only for
+    # rounding noise.
     kappa = float(ell.mahalanobis(x).max())
-    return ell.scaled(kappa) if kappa > 0.0 else ell
+    if not (0.0 < kappa < math.inf and bool(torch.isfinite(hull_shape).all())):
+        raise ValueError(
+            "points span lengths whose inverse squares over/underflow float64 (semi-axes "
+            f"from {float(dscale.min()):.3g} to {float(dscale.max()):.3g}, roughly); rescale "
+            "points (e.g. divide by their max norm) and rescale the ellipsoid afterwards"
+        )
+    out = ell.scaled(kappa)
+    return dataclasses.replace(out, log_det_gap=max(0.0, r * math.log(big_k * kappa / r)))

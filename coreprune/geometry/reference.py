@@ -86,7 +86,7 @@ def mvee_reference(
             weights = w / w.sum()
     dscale = s / math.sqrt(n)
     a_z_t = torch.as_tensor(a_z, dtype=torch.float64, device=dev)
-    hull_shape = a_z_t / torch.outer(dscale, dscale)
+    hull_shape = (a_z_t / dscale[:, None]) / dscale[None, :]
     hull_shape = 0.5 * (hull_shape + hull_shape.T)
     cy = torch.as_tensor(c_z, dtype=torch.float64, device=dev) * dscale
     return Ellipsoid(

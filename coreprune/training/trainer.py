@@ -23,7 +23,9 @@ from .schedules import Schedule, check_schedule, lr_factor
 @dataclass
 class TrainHistory:
     """Per-epoch records of one ``fit`` call (validation lists stay empty without a
-    validation loader). Accuracies are fractions in [0, 1]."""
+    validation loader). Accuracies are fractions in [0, 1]; ``lr`` is the rate of the last
+    step of each epoch; ``train_loss``/``train_accuracy`` average over the epoch's steps
+    while the weights were changing."""
 
     train_loss: list[float] = field(default_factory=list)
     train_accuracy: list[float] = field(default_factory=list)
