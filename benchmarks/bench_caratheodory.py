@@ -191,8 +191,9 @@ def write(rows: list[dict], info: dict, out: Path = RESULTS) -> None:
         f"Python {info['python']}, {info['date']}. BLAS threads (OPENBLAS_NUM_THREADS): "
         f"{info['blas_threads']}.",
         "",
-        "Data: Gaussian points, uniform(0, 1) weights, seeded. Times: median (min) of "
-        f"{rows[0]['repeats']} runs after a warm-up. Error: relative mean error "
+        "Data: Gaussian points, uniform(0, 1) weights, seeded. Times in seconds: median (min) "
+        f"of {max(r['repeats'] for r in rows)} runs after a warm-up, except where a cell says "
+        "1 run (a slow baseline, timed once). Error: relative mean error "
         "||sum new_w p - sum w p|| / (W max ||p||) (see `caratheodory_error`).",
         "",
         "| n | d | boosted s | plain s | LP (HiGHS) s | speed-up vs plain | vs LP "
@@ -203,13 +204,17 @@ def write(rows: list[dict], info: dict, out: Path = RESULTS) -> None:
         b, p, lp = by.get(("boosted", n, d)), by.get(("plain", n, d)), by.get(("lp", n, d))
 
         def t(r: dict | None) -> str:
-            return "–" if r is None else f"{r['median_s']:.4f} ({r['min_s']:.4f})"
+            if r is None:
+                return "–"
+            if r["repeats"] == 1:
+                return f"{r['median_s']:.4f} (1 run)"
+            return f"{r['median_s']:.4f} ({r['min_s']:.4f})"
 
         def e(r: dict | None) -> str:
             return "–" if r is None else f"{r['mean_rel_err']:.1e}"
 
         def x(r: dict | None, base: dict | None = b) -> str:
-            return "–" if r is None or base is None else f"{r['median_s'] / base['median_s']:.0f}x"
+            return "–" if r is None or base is None else f"{r['median_s'] / base['median_s']:.1f}x"
 
         sup = "–" if b is None else str(b["support"])
         lines.append(

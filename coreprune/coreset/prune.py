@@ -61,7 +61,9 @@ class PruneResult:
         new_layer = slice_producer(self.layer, self.keep)
         if self.next_layer is None:
             return new_layer, None
-        return new_layer, slice_consumer(self.next_layer, self.units.shape[0], self.keep, self.scale)
+        return new_layer, slice_consumer(
+            self.next_layer, self.units.shape[0], self.keep, self.scale
+        )
 
     def apply_norm(self) -> Norm | None:
         """The batch norm between the layers, sliced to the kept units (None if there is none)."""
@@ -119,7 +121,9 @@ def coreset_prune(
     if sensitivities is None:
         sens = compute_sensitivities(units_q, reading, sensitivity, tol=tol, progress=progress)
     elif not isinstance(sensitivities, Sensitivities):
-        raise TypeError(f"sensitivities must come from an earlier result's .sensitivities, got {type(sensitivities).__name__}")
+        raise TypeError(
+            f"sensitivities must come from an earlier result's .sensitivities, got {type(sensitivities).__name__}"
+        )
     elif sensitivities.per_next.shape != reading.shape:
         raise ValueError(
             f"sensitivities are for {tuple(sensitivities.per_next.shape)} (next units x units) but this "
@@ -136,15 +140,26 @@ def coreset_prune(
         query=query.describe(), mode=mode, sensitivity=used, units=n, kept=int(kept.numel()), **cert
     )
     return PruneResult(
-        keep=kept, scale=scale, sensitivity=sens.per_unit, certificate=cert, sensitivities=sens,
-        units=units_full, reading=reading, activation=act, query=query, layer=layer,
-        next_layer=next_layer, norm=norm,
+        keep=kept,
+        scale=scale,
+        sensitivity=sens.per_unit,
+        certificate=cert,
+        sensitivities=sens,
+        units=units_full,
+        reading=reading,
+        activation=act,
+        query=query,
+        layer=layer,
+        next_layer=next_layer,
+        norm=norm,
     )
 
 
 def _check_request(eps: float | None, keep: int | None, delta: float, n: int) -> None:
     if (eps is None) == (keep is None):
-        raise ValueError("give exactly one of eps (the error target) and keep (how many units remain)")
+        raise ValueError(
+            "give exactly one of eps (the error target) and keep (how many units remain)"
+        )
     if eps is not None:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             raise TypeError(f"eps must be a float, got {type(eps).__name__}")
@@ -171,7 +186,9 @@ def _resolve_query(query: QuerySpace | None, dim: int) -> QuerySpace:
     return query
 
 
-def _select(sens: Sensitivities, eps: float | None, keep: int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _select(
+    sens: Sensitivities, eps: float | None, keep: int | None
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Remove the longest prefix of least sensitive units whose summed bound stays <= eps.
 
     The certified eps is max_j sum_{i removed} s_ij (Theorem 5), never above the request.
@@ -179,7 +196,9 @@ def _select(sens: Sensitivities, eps: float | None, keep: int | None) -> tuple[t
     s = sens.per_unit
     n = s.numel()
     order = torch.argsort(s, stable=True)
-    cumulative = sens.per_next[:, order].cumsum(dim=1).max(dim=0).values  # eps after removing a prefix
+    cumulative = (
+        sens.per_next[:, order].cumsum(dim=1).max(dim=0).values
+    )  # eps after removing a prefix
     if keep is None:
         removable = int((cumulative <= eps).sum())
         removed = min(removable, n - 1)  # at least one unit stays
@@ -205,7 +224,9 @@ def _sample(
     total = float(s.sum())
     k = sens.per_next.shape[0]
     if total == 0:
-        raise ValueError("every unit is inert on the query space (all sensitivities are 0); use mode='select'")
+        raise ValueError(
+            "every unit is inert on the query space (all sensitivities are 0); use mode='select'"
+        )
     probs = s / total
     note = ""
     if keep is None:
@@ -233,7 +254,16 @@ def _sample(
         eps_final, delta_final = eps_det, 0.0
     else:
         eps_final, delta_final = eps_prob, delta
-    return kept, scale, {
-        "eps": eps_final, "delta": delta_final, "total_sensitivity": total, "draws": draws,
-        "eps_deterministic": eps_det, "eps_probabilistic": eps_prob, "note": note,
-    }
+    return (
+        kept,
+        scale,
+        {
+            "eps": eps_final,
+            "delta": delta_final,
+            "total_sensitivity": total,
+            "draws": draws,
+            "eps_deterministic": eps_det,
+            "eps_probabilistic": eps_prob,
+            "note": note,
+        },
+    )

@@ -33,18 +33,24 @@ class QuerySpace:
         if not isinstance(basis, torch.Tensor):
             raise TypeError(f"basis must be a torch.Tensor (dim x r), got {type(basis).__name__}")
         if basis.ndim != 2 or basis.shape[1] < 1:
-            raise ValueError(f"basis must be 2-D (dim x r) with r >= 1, got shape {tuple(basis.shape)}")
+            raise ValueError(
+                f"basis must be 2-D (dim x r) with r >= 1, got shape {tuple(basis.shape)}"
+            )
         if not torch.isfinite(basis).all():
             raise ValueError("basis contains NaN or Inf")
         q, r = torch.linalg.qr(basis.detach().to(torch.float64))
         diag = r.diagonal().abs()
         if diag.min() <= 1e-10 * max(diag.max().item(), 1e-300):
-            raise ValueError("basis columns are linearly dependent; pass an independent set of directions")
+            raise ValueError(
+                "basis columns are linearly dependent; pass an independent set of directions"
+            )
         if offset is not None:
             if not isinstance(offset, torch.Tensor):
                 raise TypeError(f"offset must be a torch.Tensor, got {type(offset).__name__}")
             if offset.shape != (basis.shape[0],):
-                raise ValueError(f"offset must have shape ({basis.shape[0]},), got {tuple(offset.shape)}")
+                raise ValueError(
+                    f"offset must have shape ({basis.shape[0]},), got {tuple(offset.shape)}"
+                )
             if not torch.isfinite(offset).all():
                 raise ValueError("offset contains NaN or Inf")
             offset = offset.detach().to(device=q.device, dtype=torch.float64).clone()
@@ -60,7 +66,9 @@ class QuerySpace:
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs must be a torch.Tensor (n x dim), got {type(inputs).__name__}")
         if inputs.ndim != 2 or inputs.shape[0] < 1:
-            raise ValueError(f"inputs must be 2-D (n x dim) and non-empty, got shape {tuple(inputs.shape)}")
+            raise ValueError(
+                f"inputs must be 2-D (n x dim) and non-empty, got shape {tuple(inputs.shape)}"
+            )
         if not torch.isfinite(inputs).all():
             raise ValueError("inputs contain NaN or Inf")
         if not isinstance(rank, int) or not 1 <= rank <= inputs.shape[1]:
@@ -70,7 +78,9 @@ class QuerySpace:
         _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
         keep = int((sv > 1e-10 * sv.max().clamp_min(1e-300)).sum().item())
         if keep < rank:
-            raise ValueError(f"rank={rank} but the calibration inputs span only {keep} directions; lower rank")
+            raise ValueError(
+                f"rank={rank} but the calibration inputs span only {keep} directions; lower rank"
+            )
         return QuerySpace.subspace(vh[:rank].T, mean if affine else None)
 
     @property
@@ -95,7 +105,9 @@ class QuerySpace:
         if self.basis is None:
             return x
         basis = self.basis.to(x.device)
-        offset = self.offset.to(x.device) if self.offset is not None else torch.zeros_like(basis[:, 0])
+        offset = (
+            self.offset.to(x.device) if self.offset is not None else torch.zeros_like(basis[:, 0])
+        )
         return offset + (x - offset) @ basis @ basis.T
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:

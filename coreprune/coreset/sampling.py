@@ -23,7 +23,9 @@ def _log_binomial_sum(n: int, upto: int) -> float:
     upto = min(upto, n)
     if upto < 0:
         return -math.inf
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(upto + 1)]
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(upto + 1)
+    ]
     top = max(terms)
     return top + math.log(sum(math.exp(x - top) for x in terms))
 
@@ -34,7 +36,9 @@ def log_growth(draws: int, n_units: int, dim: int) -> float:
     return regions + _log_binomial_sum(2 * draws, dim + 1)
 
 
-def sample_eps(draws: int, delta: float, total: float, n_units: int, dim: int, n_next: int) -> float:
+def sample_eps(
+    draws: int, delta: float, total: float, n_units: int, dim: int, n_next: int
+) -> float:
     """The eps that Theorem 4 certifies for m = `draws` i.i.d. draws."""
     if draws < 1:
         return math.inf
@@ -87,7 +91,9 @@ def draw_until_distinct(
     drawn = 0
     chunk = max(64, 4 * distinct)
     while drawn < max_draws:
-        batch = torch.multinomial(probs.cpu().double(), chunk, replacement=True, generator=generator)
+        batch = torch.multinomial(
+            probs.cpu().double(), chunk, replacement=True, generator=generator
+        )
         for pos, unit in enumerate(batch.tolist()):
             if counts[unit] == 0:
                 seen += 1

@@ -102,7 +102,9 @@ def compute_sensitivities(
     bounds = {}
     with _one_thread():
         for name in wanted:
-            bounds[name] = _per_next(weights, coords, table[name], desc=f"sensitivity ({name})", progress=progress)
+            bounds[name] = _per_next(
+                weights, coords, table[name], desc=f"sensitivity ({name})", progress=progress
+            )
     per_next = torch.stack(list(bounds.values())).min(dim=0).values
     return Sensitivities(per_next, bounds, coords.shape[1])
 
@@ -124,7 +126,9 @@ def _per_next(
     return out[inverse]
 
 
-def _one_next(w: torch.Tensor, coords: torch.Tensor, bound: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def _one_next(
+    w: torch.Tensor, coords: torch.Tensor, bound: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """s_i. for one next unit: zero for units it does not read, the bound for the rest."""
     s = torch.zeros_like(w)
     active = torch.nonzero((w > 0) & (coords.abs().sum(dim=1) > 0)).flatten()

@@ -33,7 +33,9 @@ class ErrorReport:
 
 def relative_errors(result: PruneResult, x: torch.Tensor) -> torch.Tensor:
     """|z - z^| / e for each input row and next unit (inputs x next units); 0 where e = 0."""
-    lifted = torch.cat([x.to(torch.float64), torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)], 1)
+    lifted = torch.cat(
+        [x.to(torch.float64), torch.ones(x.shape[0], 1, dtype=torch.float64, device=x.device)], 1
+    )
     pre = lifted @ result.units.T.to(x.device)
     reading = result.reading.to(x.device)
     diff = (result.activation(pre) * (1.0 - result.weights.to(x.device))) @ reading.T
@@ -48,7 +50,9 @@ def measure_error(result: PruneResult, inputs: torch.Tensor) -> ErrorReport:
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     d_in = result.units.shape[1] - 1
     if inputs.ndim != 2 or inputs.shape[1] != d_in or inputs.shape[0] == 0:
-        raise ValueError(f"inputs must have shape (n, {d_in}) with n >= 1, got {tuple(inputs.shape)}")
+        raise ValueError(
+            f"inputs must have shape (n, {d_in}) with n >= 1, got {tuple(inputs.shape)}"
+        )
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs contain NaN or Inf")
     errors = relative_errors(result, inputs)
@@ -56,8 +60,13 @@ def measure_error(result: PruneResult, inputs: torch.Tensor) -> ErrorReport:
     row, col = divmod(flat, errors.shape[1])
     outside = float(result.query.residual(inputs).max())
     return ErrorReport(
-        worst=float(errors.max()), mean=float(errors.max(dim=1).values.mean()), input_index=row,
-        next_unit=col, inputs=inputs.shape[0], outside_query=outside, x=inputs[row].detach().clone(),
+        worst=float(errors.max()),
+        mean=float(errors.max(dim=1).values.mean()),
+        input_index=row,
+        next_unit=col,
+        inputs=inputs.shape[0],
+        outside_query=outside,
+        x=inputs[row].detach().clone(),
     )
 
 
@@ -115,8 +124,13 @@ def adversarial_search(
     x = (lift @ y)[:-1]
     errors = relative_errors(result, x[None])
     return ErrorReport(
-        worst=float(errors.max()), mean=float(best.mean()), input_index=idx, next_unit=int(errors.argmax()),
-        inputs=restarts, outside_query=float(result.query.residual(x[None]).max()) if rank else 0.0, x=x,
+        worst=float(errors.max()),
+        mean=float(best.mean()),
+        input_index=idx,
+        next_unit=int(errors.argmax()),
+        inputs=restarts,
+        outside_query=float(result.query.residual(x[None]).max()) if rank else 0.0,
+        x=x,
     )
 
 
@@ -132,7 +146,9 @@ def _starting_points(
     if starts is not None:
         x = result.query.project(starts.to(torch.float64))
         lift = result.query.lifting(x.device)
-        coords = torch.linalg.lstsq(lift, torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1).T).solution.T
+        coords = torch.linalg.lstsq(
+            lift, torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1).T
+        ).solution.T
         points.append(coords[:, :-1] / coords[:, -1:])
     pruned = torch.nonzero(result.weights == 0).flatten()
     if pruned.numel() and rank:

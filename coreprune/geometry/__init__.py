@@ -6,4 +6,12 @@ from coreprune.geometry.ellipsoid import Ellipsoid
 from coreprune.geometry.mvee import mvee
 from coreprune.geometry.reference import mvee_reference
 
-__all__ = ["AffineHull", "Ellipsoid", "affine_hull", "caratheodory", "linear_span", "mvee", "mvee_reference"]
+__all__ = [
+    "AffineHull",
+    "Ellipsoid",
+    "affine_hull",
+    "caratheodory",
+    "linear_span",
+    "mvee",
+    "mvee_reference",
+]

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-_ENVELOPE_OK = ("relu", "relu6", "leaky_relu", "elu", "tanh", "hardtanh", "gelu", "silu", "identity")
+_ENVELOPE_OK = (
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "elu",
+    "tanh",
+    "hardtanh",
+    "gelu",
+    "silu",
+    "identity",
+)
 _PIECEWISE_LINEAR = ("relu", "leaky_relu", "identity")
 
 
@@ -53,7 +63,9 @@ class Activation:
         return f"{self.name}({self.param:g})" if self.name in ("leaky_relu", "elu") else self.name
 
 
-def resolve_activation(activation: str | nn.Module | Activation, name: str = "activation") -> Activation:
+def resolve_activation(
+    activation: str | nn.Module | Activation, name: str = "activation"
+) -> Activation:
     """Turn a name or module into an `Activation`, refusing any phi with |phi(t)| > |t| somewhere."""
     if isinstance(activation, Activation):
         act = activation
@@ -65,30 +77,43 @@ def resolve_activation(activation: str | nn.Module | Activation, name: str = "ac
         default = 0.01 if key == "leaky_relu" else 1.0 if key == "elu" else 0.0
         act = Activation(key, float(arg) if arg else default)
     else:
-        raise TypeError(f"{name} must be a string such as 'relu' or an nn.Module, got {type(activation).__name__}")
+        raise TypeError(
+            f"{name} must be a string such as 'relu' or an nn.Module, got {type(activation).__name__}"
+        )
     if act.name not in _ENVELOPE_OK:
         raise ValueError(
             f"{name}={act.name!r} is not covered: certificates need |phi(t)| <= |t| for all t "
             f"(so phi(0) = 0). Supported: {', '.join(_ENVELOPE_OK)}."
         )
     if act.name == "leaky_relu" and not (math.isfinite(act.param) and abs(act.param) <= 1.0):
-        raise ValueError(f"{name}: leaky_relu slope {act.param} breaks |phi(t)| <= |t|; use |slope| <= 1")
+        raise ValueError(
+            f"{name}: leaky_relu slope {act.param} breaks |phi(t)| <= |t|; use |slope| <= 1"
+        )
     if act.name == "elu" and not (math.isfinite(act.param) and 0.0 <= act.param <= 1.0):
-        raise ValueError(f"{name}: elu alpha {act.param} breaks |phi(t)| <= |t|; use 0 <= alpha <= 1")
+        raise ValueError(
+            f"{name}: elu alpha {act.param} breaks |phi(t)| <= |t|; use 0 <= alpha <= 1"
+        )
     return act
 
 
 def _from_module(module: nn.Module, name: str) -> Activation:
     table: dict[type, str] = {
-        nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Hardtanh: "hardtanh",
-        nn.GELU: "gelu", nn.SiLU: "silu", nn.Identity: "identity",
+        nn.ReLU: "relu",
+        nn.ReLU6: "relu6",
+        nn.Tanh: "tanh",
+        nn.Hardtanh: "hardtanh",
+        nn.GELU: "gelu",
+        nn.SiLU: "silu",
+        nn.Identity: "identity",
     }
     if isinstance(module, nn.LeakyReLU):
         return Activation("leaky_relu", float(module.negative_slope))
     if isinstance(module, nn.ELU):
         return Activation("elu", float(module.alpha))
     if type(module) is nn.Hardtanh and (module.min_val, module.max_val) != (-1.0, 1.0):
-        raise ValueError(f"{name}: only Hardtanh(-1, 1) is supported, got ({module.min_val}, {module.max_val})")
+        raise ValueError(
+            f"{name}: only Hardtanh(-1, 1) is supported, got ({module.min_val}, {module.max_val})"
+        )
     for cls, key in table.items():
         if type(module) is cls:
             return Activation(key)

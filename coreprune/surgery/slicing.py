@@ -18,9 +18,15 @@ def slice_producer(layer: Producer, keep: torch.Tensor) -> Producer:
         new: Producer = nn.Linear(layer.in_features, len(keep), bias=layer.bias is not None)
     else:
         new = nn.Conv2d(
-            layer.in_channels, len(keep), layer.kernel_size, stride=layer.stride,
-            padding=layer.padding, dilation=layer.dilation, groups=1,
-            bias=layer.bias is not None, padding_mode=layer.padding_mode,
+            layer.in_channels,
+            len(keep),
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=1,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
         )
     new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
     with torch.no_grad():
@@ -34,7 +40,10 @@ def slice_producer(layer: Producer, keep: torch.Tensor) -> Producer:
 def slice_norm(norm: Norm, keep: torch.Tensor) -> Norm:
     """The kept channels of a batch norm, statistics included."""
     new = type(norm)(
-        len(keep), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
+        len(keep),
+        eps=norm.eps,
+        momentum=norm.momentum,
+        affine=norm.affine,
         track_running_stats=norm.track_running_stats,
     )
     ref = norm.weight if norm.affine else norm.running_mean
@@ -53,7 +62,9 @@ def slice_norm(norm: Norm, keep: torch.Tensor) -> Norm:
     return new
 
 
-def slice_consumer(next_layer: Producer, n_units: int, keep: torch.Tensor, scale: torch.Tensor) -> Producer:
+def slice_consumer(
+    next_layer: Producer, n_units: int, keep: torch.Tensor, scale: torch.Tensor
+) -> Producer:
     """`next_layer` reading only the kept units, each unit's input weights multiplied by its scale.
 
     After a flatten, unit i feeds a contiguous block of input columns; the whole block is kept
@@ -65,15 +76,23 @@ def slice_consumer(next_layer: Producer, n_units: int, keep: torch.Tensor, scale
     if isinstance(next_layer, nn.Conv2d):
         new_w = (w.index_select(1, keep).to(torch.float64) * scale[None, :, None, None]).to(dtype)
         new: Producer = nn.Conv2d(
-            len(keep), next_layer.out_channels, next_layer.kernel_size, stride=next_layer.stride,
-            padding=next_layer.padding, dilation=next_layer.dilation, groups=1,
-            bias=next_layer.bias is not None, padding_mode=next_layer.padding_mode,
+            len(keep),
+            next_layer.out_channels,
+            next_layer.kernel_size,
+            stride=next_layer.stride,
+            padding=next_layer.padding,
+            dilation=next_layer.dilation,
+            groups=1,
+            bias=next_layer.bias is not None,
+            padding_mode=next_layer.padding_mode,
         )
     else:
         block = next_layer.in_features // n_units
         blocks = w.reshape(w.shape[0], n_units, block).index_select(1, keep).to(torch.float64)
         new_w = (blocks * scale[None, :, None]).reshape(w.shape[0], -1).to(dtype)
-        new = nn.Linear(len(keep) * block, next_layer.out_features, bias=next_layer.bias is not None)
+        new = nn.Linear(
+            len(keep) * block, next_layer.out_features, bias=next_layer.bias is not None
+        )
     new = new.to(device=device, dtype=dtype)
     with torch.no_grad():
         new.weight.copy_(new_w)

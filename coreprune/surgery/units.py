@@ -53,14 +53,20 @@ def layer_units(layer: Producer, norm: Norm | None = None) -> torch.Tensor:
     return torch.cat([weight, bias[:, None]], dim=1)
 
 
-def _fold_norm(weight: torch.Tensor, bias: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold_norm(
+    weight: torch.Tensor, bias: torch.Tensor, norm: Norm
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BN(y) = a * y + b per channel with its running statistics, as in eval mode."""
     if not isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):
         raise TypeError(f"norm must be nn.BatchNorm1d/2d, got {type(norm).__name__}")
     if norm.num_features != weight.shape[0]:
-        raise ValueError(f"norm has {norm.num_features} features but the layer has {weight.shape[0]} units")
+        raise ValueError(
+            f"norm has {norm.num_features} features but the layer has {weight.shape[0]} units"
+        )
     if norm.running_mean is None or norm.running_var is None:
-        raise ValueError("norm must track running statistics (track_running_stats=True) to be folded")
+        raise ValueError(
+            "norm must track running statistics (track_running_stats=True) to be folded"
+        )
     _check_finite(norm, "norm")
     scale = 1.0 / torch.sqrt(norm.running_var.detach().to(torch.float64) + norm.eps)
     shift = -norm.running_mean.detach().to(torch.float64) * scale
@@ -70,7 +76,9 @@ def _fold_norm(weight: torch.Tensor, bias: torch.Tensor, norm: Norm) -> tuple[to
     return weight * scale[:, None], bias * scale + shift
 
 
-def next_weights(next_layer: Producer | None, n_units: int, device: torch.device | None = None) -> torch.Tensor:
+def next_weights(
+    next_layer: Producer | None, n_units: int, device: torch.device | None = None
+) -> torch.Tensor:
     """U (k x n): how the next layer reads each unit; a single row of ones without a next layer."""
     if next_layer is None:
         return torch.ones(1, n_units, dtype=torch.float64, device=device)
@@ -84,4 +92,6 @@ def next_weights(next_layer: Producer | None, n_units: int, device: torch.device
 def _check_finite(module: nn.Module, name: str) -> None:
     for pname, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"{name}.{pname} contains NaN or Inf; fix or re-initialise the weights")
+            raise ValueError(
+                f"{name}.{pname} contains NaN or Inf; fix or re-initialise the weights"
+            )

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 
-def make_pair(n: int, d_in: int, k: int, seed: int, bias: bool = True) -> tuple[nn.Linear, nn.Linear]:
+def make_pair(
+    n: int, d_in: int, k: int, seed: int, bias: bool = True
+) -> tuple[nn.Linear, nn.Linear]:
     gen = torch.Generator().manual_seed(seed)
     layer = nn.Linear(d_in, n, bias=bias)
     nxt = nn.Linear(n, k)

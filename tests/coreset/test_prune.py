@@ -11,7 +11,6 @@ from torch import nn
 
 from coreprune import QuerySpace, coreset_prune
 from coreprune.coreset.verify import relative_errors
-from tests.coreset.conftest import make_pair
 
 
 def _same_state(a: nn.Module, b: nn.Module) -> bool:
@@ -23,11 +22,16 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
 def test_apply_builds_smaller_modules_that_compute_z_hat(pair, mode: str) -> None:
     layer, nxt = pair
     before = (copy.deepcopy(layer), copy.deepcopy(nxt))
-    result = coreset_prune(layer, None, nxt, mode=mode, keep=70, generator=torch.Generator().manual_seed(0))
+    result = coreset_prune(
+        layer, None, nxt, mode=mode, keep=70, generator=torch.Generator().manual_seed(0)
+    )
     new_layer, new_next = result.apply()
     assert _same_state(layer, before[0]) and _same_state(nxt, before[1]), "inputs were mutated"
     assert new_layer.out_features == 70 and new_next.in_features == 70
-    assert torch.equal(result.keep, torch.sort(result.keep).values) and result.keep.dtype == torch.int64
+    assert (
+        torch.equal(result.keep, torch.sort(result.keep).values)
+        and result.keep.dtype == torch.int64
+    )
     x = torch.randn(64, 2, dtype=torch.float64)
     with torch.no_grad():
         dense = copy.deepcopy(nxt).double()(torch.relu(copy.deepcopy(layer).double()(x)))
@@ -49,7 +53,9 @@ def test_select_keep_is_exact_and_reports_the_eps_achieved(pair) -> None:
     removed = torch.ones(150, dtype=torch.bool)
     removed[result.keep] = False
     per_next = result.sensitivities.per_next
-    assert math.isclose(result.certificate.eps, float(per_next[:, removed].sum(dim=1).max()), rel_tol=1e-12)
+    assert math.isclose(
+        result.certificate.eps, float(per_next[:, removed].sum(dim=1).max()), rel_tol=1e-12
+    )
     # the lowest-sensitivity units are the ones removed
     assert result.sensitivity[removed].max() <= result.sensitivity[result.keep].min()
 
@@ -123,7 +129,7 @@ BAD = [
     (dict(eps=0.1, activation=nn.Softplus()), ValueError, "not covered"),
     (dict(eps=0.1, activation="leaky_relu:2"), ValueError, "slope"),
     (dict(eps=0.1, query=torch.eye(2)), TypeError, "query must be a coreprune.QuerySpace"),
-    (dict(eps=0.1, query=QuerySpace.full(5)), ValueError, "query lives in R\\^5"),
+    (dict(eps=0.1, query=QuerySpace.full(5)), ValueError, r"query lives in R\^5"),
     (dict(eps=0.1, sensitivity="magic"), ValueError, "sensitivity must be one of"),
 ]
 
@@ -137,7 +143,7 @@ def test_bad_requests_are_refused_by_name(pair, kwargs: dict, error: type, match
 
 
 def test_bad_modules_are_refused() -> None:
-    with pytest.raises(TypeError, match="layer must be nn.Linear or nn.Conv2d"):
+    with pytest.raises(TypeError, match=r"layer must be nn\.Linear or nn\.Conv2d"):
         coreset_prune(nn.Conv1d(2, 3, 1), 0.1)
     with pytest.raises(ValueError, match="grouped"):
         coreset_prune(nn.Conv2d(4, 4, 3, groups=2), 0.1)

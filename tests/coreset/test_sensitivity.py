@@ -34,7 +34,9 @@ def _circle(m: int) -> torch.Tensor:
 def test_exact_is_the_supremum_in_the_plane(n: int, seed: int) -> None:
     """In 2-D the sup is attained on a fine circle grid: exact >= grid max, and close to it."""
     gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(n, 2, dtype=torch.float64, generator=gen) * torch.rand(n, 1, dtype=torch.float64, generator=gen)
+    v = torch.randn(n, 2, dtype=torch.float64, generator=gen) * torch.rand(
+        n, 1, dtype=torch.float64, generator=gen
+    )
     grid = _ratios(v, _circle(20_001)).max(dim=0).values
     exact = exact_bound(v)
     assert torch.all(grid <= exact + 1e-9)
@@ -97,4 +99,6 @@ def test_exact_is_much_tighter_than_the_paper_bound_here() -> None:
 
 def test_unknown_method_is_refused() -> None:
     with pytest.raises(ValueError, match="sensitivity must be one of"):
-        compute_sensitivities(torch.ones(3, 2, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), "fast")
+        compute_sensitivities(
+            torch.ones(3, 2, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), "fast"
+        )

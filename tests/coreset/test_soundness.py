@@ -42,7 +42,9 @@ def test_select_on_a_restricted_query_space() -> None:
     """A 2-D affine subspace of R^12: n >> dim Q, so the certificate is non-vacuous there."""
     gen = torch.Generator().manual_seed(4)
     layer, nxt = make_pair(150, 12, 4, seed=4)
-    calib = torch.randn(400, 2, generator=gen) @ torch.randn(2, 12, generator=gen) + torch.randn(12, generator=gen)
+    calib = torch.randn(400, 2, generator=gen) @ torch.randn(2, 12, generator=gen) + torch.randn(
+        12, generator=gen
+    )
     query = QuerySpace.from_calibration(calib, rank=2)
     result = coreset_prune(layer, 0.3, nxt, mode="select", query=query)
     assert result.keep.numel() < 150 and not result.certificate.vacuous
@@ -58,15 +60,21 @@ def test_sample_violations_are_rarer_than_delta() -> None:
     delta, violations, seeds = 0.2, 0, 15
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(seed)
-        result = coreset_prune(layer, None, nxt, mode="sample", keep=100, delta=delta, generator=gen)
+        result = coreset_prune(
+            layer, None, nxt, mode="sample", keep=100, delta=delta, generator=gen
+        )
         assert result.keep.numel() == 100
-        violations += _hunt(result, seed=seed, restarts=24, steps=80) > result.certificate.eps * (1 + TOL)
+        violations += _hunt(result, seed=seed, restarts=24, steps=80) > result.certificate.eps * (
+            1 + TOL
+        )
     assert violations / seeds <= delta
 
 
 def test_sample_with_eps_holds_and_reweights() -> None:
     layer, nxt = make_pair(150, 2, 3, seed=6)
-    result = coreset_prune(layer, 0.5, nxt, mode="sample", generator=torch.Generator().manual_seed(0))
+    result = coreset_prune(
+        layer, 0.5, nxt, mode="sample", generator=torch.Generator().manual_seed(0)
+    )
     cert = result.certificate
     assert cert.eps_probabilistic is not None and cert.eps_probabilistic <= 0.5
     assert cert.eps <= 0.5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,34 @@ def test_low_rank_points_support_at_most_rank_plus_1(scale: float) -> None:
     weights = torch.rand(600, generator=g, dtype=torch.float64)
     idx, _ = _check(points, weights)
     assert idx.numel() <= 4
+
+
+def test_near_flat_points_use_the_rank_at_the_asked_accuracy() -> None:
+    """Rank-3 data plus 1e-13 noise: flat at tol=1e-9 (4 points), not flat at tol=1e-16."""
+    g = _gen(17)
+    flat = torch.randn(1500, 3, generator=g, dtype=torch.float64)
+    flat = flat @ torch.randn(3, 12, generator=g, dtype=torch.float64)
+    points = flat + 1e-13 * torch.randn(1500, 12, generator=g, dtype=torch.float64)
+    weights = torch.rand(1500, generator=g, dtype=torch.float64)
+    idx, _ = caratheodory(points, weights)
+    assert idx.numel() <= 4
+    assert max(caratheodory_error(points, weights, idx, _)) <= TOL
+    idx_strict, nw_strict = caratheodory(points, weights, tol=1e-14)
+    assert idx_strict.numel() > 4
+    assert max(caratheodory_error(points, weights, idx_strict, nw_strict)) <= 1e-14
+
+
+def test_falls_back_to_strict_rank_when_the_loose_answer_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rank threshold far too loose makes the first pass inexact; the retry must fix it."""
+    # the package re-exports the function under the module's name, so fetch the module itself
+    mod = importlib.import_module("coreprune.geometry.caratheodory")
+    monkeypatch.setattr(mod, "_RANK_FRACTION_OF_TOL", 1e7)  # threshold 1e-2: wrong on purpose
+    g = _gen(18)
+    points = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    points[:, 5] *= 1e-3  # a thin but real direction the loose threshold calls flat
+    _check(points, torch.rand(400, generator=g, dtype=torch.float64))
 
 
 def test_collinear_points_need_two() -> None:
@@ -175,12 +205,14 @@ def test_single_point_and_single_positive_weight() -> None:
     assert idx.tolist() == [7] and nw.tolist() == [2.0]
 
 
-def test_float32_points_and_integer_weights_are_accepted() -> None:
+def test_float32_grad_points_and_integer_weights_are_accepted() -> None:
     g = _gen(10)
-    points = torch.randn(100, 3, generator=g)
+    points = torch.randn(100, 3, generator=g).requires_grad_(True)
     weights = torch.randint(0, 5, (100,), generator=g)
     weights[0] = 1
-    _check(points, weights)
+    _check(points.detach(), weights)
+    idx, nw = caratheodory(points, weights)
+    assert not nw.requires_grad and idx.numel() <= 4
 
 
 def test_unverifiable_tolerance_raises_instead_of_returning() -> None:
