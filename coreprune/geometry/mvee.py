@@ -33,13 +33,13 @@ anisotropy; the ellipsoid is mapped back afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import numpy as np
-import scipy.linalg
 import torch
-from scipy.linalg import blas
 from torch import Tensor
 
 from coreprune.geometry._validate import check_points, check_positive
@@ -49,7 +49,27 @@ from coreprune.geometry.ellipsoid import Ellipsoid
 __all__ = ["mvee"]
 
 _HULL_RTOL = 1e-10
-_NUMPY_LOOP = True  # run the CPU inner loop on numpy views (see _State)
+_NUMPY_LOOP = True  # on CPU, do the loop's vector bookkeeping on numpy views (see _State)
+
+
+@contextlib.contextmanager
+def _one_torch_thread(active: bool) -> Iterator[None]:
+    """Run the sequential phases (thousands of small BLAS-2 steps) on one torch thread.
+
+    Why: each step is a few microseconds of work, so an OpenMP barrier per step costs more than
+    it saves, and on a shared machine a descheduled worker stalls every step (measured here:
+    a 300 x 50 mat-vec took 4.7 ms on 2 threads under load vs 10 us on one; the 1024 x 512
+    solve 24 s vs 1.5 s). The caller's setting is restored on exit. Not applied on GPU.
+    """
+    if not active:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_max_iter(max_iter: object) -> int:
@@ -67,13 +87,9 @@ def kumar_yildirim_support(z: Tensor, centered: bool) -> Tensor:
     so far (the residual of the point sticking out most) and add the two extreme points along
     b; the differences span R^r, so the uniform lifted design is nonsingular. Centred variant:
     add the point of largest |b . z|; with b the largest residual that point is the residual's
-    own, so this is Gram–Schmidt with greedy pivoting (LAPACK's pivoted QR on CPU), and the
-    r chosen points are linearly independent.
+    own (Gram–Schmidt with greedy pivoting), and the r chosen points are linearly independent.
     """
     r = z.shape[1]
-    if centered and z.device.type == "cpu" and _NUMPY_LOOP:
-        _, piv = scipy.linalg.qr(z.T.numpy(), mode="r", pivoting=True)
-        return torch.as_tensor(np.sort(piv[:r]), dtype=torch.long)
     y = z if centered else z - z.mean(dim=0)
     # Rows of ``frame`` are the orthonormal chosen directions; residual norms are downdated,
     # not recomputed, so a round costs two (n, r) products and no residual matrix.
@@ -112,29 +128,25 @@ def _exact(q: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 class _State:
     """Iterate of the design solver: weights u, M^{-1} and omega.
 
-    On CPU the arrays are numpy views of torch tensors (zero copy): the loop is thousands of
-    small sequential steps and numpy's per-call overhead is several times below torch's; the
-    rank-one update goes through BLAS ``dger`` in place. On GPU they stay torch tensors.
-    M^{-1} and omega are stored up to a common lazy factor ``c`` (true = c * stored), so the
-    1 / (1 - lambda) rescaling of each step costs nothing; argmax/argmin ignore it.
+    The mat-vecs and the rank-one update are torch calls. On CPU the O(n) bookkeeping
+    (argmax, masked argmin, scalar reads, weight updates) runs on numpy views of the same
+    memory, whose per-call overhead is several times below torch's; on GPU everything stays
+    torch. M^{-1} and omega are stored up to a common lazy factor ``c`` (true = c * stored), so
+    the 1 / (1 - lambda) rescaling of each step costs nothing; argmax/argmin ignore it.
     """
 
     def __init__(self, q: Tensor, u: Tensor) -> None:
-        self.q_t = q
-        self.cpu = q.device.type == "cpu" and _NUMPY_LOOP
-        self.q = q.numpy() if self.cpu else q
-        self.u = u.numpy() if self.cpu else u
-        self.where = np.where if self.cpu else torch.where
+        self.q = q
+        self.np_views = q.device.type == "cpu" and _NUMPY_LOOP
+        self.u_t = u
+        self.u = u.numpy() if self.np_views else u
+        self.where = np.where if self.np_views else torch.where
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute M^{-1} and omega exactly from the current weights."""
-        u_t = torch.from_numpy(self.u) if self.cpu else self.u
-        minv, omega = _exact(self.q_t, u_t)
-        self.minv = minv.numpy() if self.cpu else minv
-        if self.cpu:
-            self.minv_f = self.minv if self.minv.flags.f_contiguous else self.minv.T
-        self.omega = omega.numpy() if self.cpu else omega
+        self.minv, self.omega_t = _exact(self.q, self.u_t)
+        self.omega = self.omega_t.numpy() if self.np_views else self.omega_t
         self.c = 1.0
         self.fresh = True
         self.since = 0
@@ -142,28 +154,17 @@ class _State:
     def rank_one(self, idx: int, beta: float, scale: float) -> None:
         """M^{-1} <- scale (M^{-1} - beta v v^T) with v = M^{-1} q_idx; omega to match."""
         c = self.c
-        alpha = -beta * c  # true update -beta (c v)(c v)^T, in stored units divide by c
-        if self.cpu:
-            # Symmetric BLAS on the upper triangle of the Fortran-ordered view (M^{-1} is
-            # symmetric, so either it or its transpose is one): half the memory traffic of a
-            # general update, and in place.
-            a = self.minv_f
-            v = blas.dsymv(1.0, a, self.q[idx])  # stored units: true v = c * v
-            qv = self.q @ v
-            out = blas.dsyr(alpha, v, a=a, overwrite_a=True)
-            if not np.shares_memory(out, a):
-                a[...] = out
-        else:
-            v = self.minv @ self.q[idx]
-            qv = self.q @ v
-            self.minv.addr_(v, v, alpha=alpha)
-        self.omega -= (beta * c) * qv * qv
+        v = torch.mv(self.minv, self.q[idx])  # stored units: the true v is c * v
+        qv = torch.mv(self.q, v)
+        self.minv.addr_(v, v, alpha=-beta * c)  # true -beta (cv)(cv)^T, divided by c
+        qv2 = qv.numpy() if self.np_views else qv
+        self.omega -= (beta * c) * qv2 * qv2
         self.c = c * scale
         self.fresh = False
         self.since += 1
 
     def weights(self) -> Tensor:
-        return torch.from_numpy(self.u.copy()) if self.cpu else self.u.clone()
+        return self.u_t.clone()
 
 
 def d_optimal_design(
@@ -274,10 +275,11 @@ def mvee(
         return _point_ellipsoid(center, n)
     z = uvec * math.sqrt(n)  # whitened hull coordinates: z^T z / n = I
     q = z if centered else torch.cat([z, torch.ones(n, 1, dtype=z.dtype, device=z.device)], 1)
-    supp = kumar_yildirim_support(z, centered)
-    u0 = torch.zeros(n, dtype=torch.float64, device=x.device)
-    u0[supp] = 1.0 / supp.numel()
-    u, _ = d_optimal_design(q, u0, tol, max_iter)
+    with _one_torch_thread(x.device.type == "cpu"):
+        supp = kumar_yildirim_support(z, centered)
+        u0 = torch.zeros(n, dtype=torch.float64, device=x.device)
+        u0[supp] = 1.0 / supp.numel()
+        u, _ = d_optimal_design(q, u0, tol, max_iter)
     return _ellipsoid_from_design(x, z, u, center, basis, s, centered)
 
 
