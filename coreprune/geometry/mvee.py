@@ -54,12 +54,14 @@ _NUMPY_LOOP = True  # on CPU, do the loop's vector bookkeeping on numpy views (s
 
 @contextlib.contextmanager
 def _one_torch_thread(active: bool) -> Iterator[None]:
-    """Run the sequential phases (thousands of small BLAS-2 steps) on one torch thread.
+    """Run a CPU solve on one torch thread; the caller's setting is restored on exit.
 
-    Why: each step is a few microseconds of work, so an OpenMP barrier per step costs more than
-    it saves, and on a shared machine a descheduled worker stalls every step (measured here:
-    a 300 x 50 mat-vec took 4.7 ms on 2 threads under load vs 10 us on one; the 1024 x 512
-    solve 24 s vs 1.5 s). The caller's setting is restored on exit. Not applied on GPU.
+    Why: the solver is thousands of small sequential steps (BLAS-2, microseconds each), so an
+    OpenMP barrier per step costs more than it saves, and on a shared machine a descheduled
+    worker stalls every step. Measured on the 2-core dev box under load: a 300 x 50 mat-vec
+    4.7 ms on 2 threads vs 10 us on one; a 300 x 50 SVD 70 ms vs 2 ms; the 1024 x 512 design
+    loop 24 s vs 1.5 s. The price on an idle machine is the lost parallel speed-up of the one
+    SVD. Not applied on GPU. (Other Python threads using torch meanwhile also see 1 thread.)
     """
     if not active:
         yield
@@ -85,11 +87,23 @@ def kumar_yildirim_support(z: Tensor, centered: bool) -> Tensor:
 
     General variant (KY 2005): r times, take a direction b orthogonal to the differences chosen
     so far (the residual of the point sticking out most) and add the two extreme points along
-    b; the differences span R^r, so the uniform lifted design is nonsingular. Centred variant:
-    add the point of largest |b . z|; with b the largest residual that point is the residual's
-    own (Gram–Schmidt with greedy pivoting), and the r chosen points are linearly independent.
+    b; the differences span R^r, so the uniform lifted design is nonsingular.
+    Centred variant: r times, take b orthogonal to the points chosen so far and add the point
+    of largest |b . z|. Gaussian elimination with partial pivoting on z does exactly this (the
+    k-th column of the Schur complement is z . b_k for a b_k vanishing on the pivot rows, and
+    the pivot is its largest entry), so one blocked LU replaces r Gram–Schmidt rounds (measured
+    0.014 s vs 0.25 s at 1024 x 512, same iteration counts); the greedy-residual rounds remain
+    as a fallback when a pivot is tiny.
     """
     r = z.shape[1]
+    if centered:
+        lu, piv = torch.linalg.lu_factor(z)
+        diag = lu.diagonal().abs()
+        if float(diag.min()) > 1e-8 * float(diag.max()):
+            perm = list(range(z.shape[0]))
+            for i, p in enumerate(piv.tolist()):  # LAPACK's sequential row swaps (1-based)
+                perm[i], perm[p - 1] = perm[p - 1], perm[i]
+            return torch.tensor(sorted(perm[:r]), dtype=torch.long, device=z.device)
     y = z if centered else z - z.mean(dim=0)
     # Rows of ``frame`` are the orthonormal chosen directions; residual norms are downdated,
     # not recomputed, so a round costs two (n, r) products and no residual matrix.
@@ -266,6 +280,12 @@ def mvee(
     max_iter = _check_max_iter(max_iter)
     if not isinstance(centered, bool):
         raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
+    with _one_torch_thread(x.device.type == "cpu"):
+        return _solve(x, tol, centered, max_iter)
+
+
+def _solve(x: Tensor, tol: float, centered: bool, max_iter: int) -> Ellipsoid:
+    """mvee on validated float64 input."""
     n = x.shape[0]
     center, basis, uvec, s = svd_coordinates(x, _HULL_RTOL, centre=not centered)
     r = basis.shape[1]
@@ -275,11 +295,10 @@ def mvee(
         return _point_ellipsoid(center, n)
     z = uvec * math.sqrt(n)  # whitened hull coordinates: z^T z / n = I
     q = z if centered else torch.cat([z, torch.ones(n, 1, dtype=z.dtype, device=z.device)], 1)
-    with _one_torch_thread(x.device.type == "cpu"):
-        supp = kumar_yildirim_support(z, centered)
-        u0 = torch.zeros(n, dtype=torch.float64, device=x.device)
-        u0[supp] = 1.0 / supp.numel()
-        u, _ = d_optimal_design(q, u0, tol, max_iter)
+    supp = kumar_yildirim_support(z, centered)
+    u0 = torch.zeros(n, dtype=torch.float64, device=x.device)
+    u0[supp] = 1.0 / supp.numel()
+    u, _ = d_optimal_design(q, u0, tol, max_iter)
     return _ellipsoid_from_design(x, z, u, center, basis, s, centered)
 
 

@@ -39,7 +39,7 @@ def test_apply_builds_smaller_modules_that_compute_z_hat(pair, mode: str) -> Non
     lifted = torch.cat([x, torch.ones(64, 1, dtype=torch.float64)], 1)
     pre = lifted @ result.units.T
     expected = (torch.relu(pre) * result.weights) @ result.reading.T + nxt.bias.double()
-    assert torch.allclose(pruned, expected, atol=1e-10)
+    assert torch.allclose(pruned, expected.detach(), rtol=1e-6, atol=1e-6)  # float32 weights
     # and the measured relative error is the one verify computes
     env = pre.abs() @ result.reading.abs().T
     err = ((dense - pruned).abs() / env).max()
