@@ -116,3 +116,16 @@ def test_conv_and_batchnorm_select_is_sound() -> None:
     result = coreset_prune(conv, 0.3, nxt, mode="select", norm=bn)
     assert result.keep.numel() < 120
     assert _hunt(result) <= result.certificate.eps * (1 + TOL)
+
+
+def test_theorem_4_bound_alone_holds_across_seeds() -> None:
+    """The probabilistic eps of Theorem 4 (not the deterministic one) against adversarial search."""
+    layer, nxt = make_pair(150, 2, 3, seed=10)
+    delta, violations, seeds = 0.2, 0, 8
+    for seed in range(seeds):
+        gen = torch.Generator().manual_seed(100 + seed)
+        result = coreset_prune(layer, 0.9, nxt, mode="sample", delta=delta, generator=gen)
+        bound = result.certificate.eps_probabilistic
+        assert bound is not None and bound <= 0.9
+        violations += _hunt(result, seed=seed, restarts=16, steps=60) > bound * (1 + TOL)
+    assert violations / seeds <= delta
