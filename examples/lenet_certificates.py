@@ -8,7 +8,7 @@ measured on held-out data inside Q (covered by the certificate) and on the raw d
 when Q is a subspace), the worst error an adversarial search finds inside Q, and the test
 accuracy of the network with that one layer pruned.
 
-    python examples/lenet_certificates.py            # about a minute on a 2-core CPU
+    python examples/lenet_certificates.py            # a few minutes on a 2-core CPU
     python examples/lenet_certificates.py --epochs 5 --rank 16
 """
 

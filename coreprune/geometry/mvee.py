@@ -49,6 +49,8 @@ from coreprune.geometry.ellipsoid import Ellipsoid
 __all__ = ["mvee"]
 
 _HULL_RTOL = 1e-10
+_BATCH = 32  # deferred rank-one updates of M^{-1} per GEMM (see _State)
+_BATCH_MIN_DIM = 128  # below this m the per-step overhead outweighs the saved memory traffic
 _NUMPY_LOOP = True  # on CPU, do the loop's vector bookkeeping on numpy views (see _State)
 
 
@@ -142,25 +144,34 @@ def _exact(q: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 class _State:
     """Iterate of the design solver: weights u, M^{-1} and omega.
 
-    The mat-vecs and the rank-one update are torch calls. On CPU the O(n) bookkeeping
+    The mat-vecs and the rank-one updates are torch calls. On CPU the O(n) bookkeeping
     (argmax, masked argmin, scalar reads, weight updates) runs on numpy views of the same
     memory, whose per-call overhead is several times below torch's; on GPU everything stays
     torch. M^{-1} and omega are stored up to a common lazy factor ``c`` (true = c * stored), so
     the 1 / (1 - lambda) rescaling of each step costs nothing; argmax/argmin ignore it.
+
+    For m >= _BATCH_MIN_DIM the rank-one updates of M^{-1} are also deferred: stored
+    M^{-1} = S - V diag(b) V^T with up to _BATCH columns in V, folded into S by one GEMM. A step
+    then reads S once instead of reading and writing it (the loop is memory-bound).
     """
 
     def __init__(self, q: Tensor, u: Tensor) -> None:
         self.q = q
+        m = q.shape[1]
         self.np_views = q.device.type == "cpu" and _NUMPY_LOOP
         self.u_t = u
         self.u = u.numpy() if self.np_views else u
         self.where = np.where if self.np_views else torch.where
+        self.batch = _BATCH if m >= _BATCH_MIN_DIM else 0
+        self.vecs = torch.empty(m, self.batch, dtype=q.dtype, device=q.device)
+        self.coef = torch.empty(self.batch, dtype=q.dtype, device=q.device)
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute M^{-1} and omega exactly from the current weights."""
         self.minv, self.omega_t = _exact(self.q, self.u_t)
         self.omega = self.omega_t.numpy() if self.np_views else self.omega_t
+        self.pending = 0
         self.c = 1.0
         self.fresh = True
         self.since = 0
@@ -168,9 +179,22 @@ class _State:
     def rank_one(self, idx: int, beta: float, scale: float) -> None:
         """M^{-1} <- scale (M^{-1} - beta v v^T) with v = M^{-1} q_idx; omega to match."""
         c = self.c
-        v = torch.mv(self.minv, self.q[idx])  # stored units: the true v is c * v
+        qi = self.q[idx]
+        v = torch.mv(self.minv, qi)  # stored units: the true v is c * v
+        k = self.pending
+        if k:
+            vk = self.vecs[:, :k]
+            v.sub_(torch.mv(vk, self.coef[:k] * torch.mv(vk.T, qi)))
         qv = torch.mv(self.q, v)
-        self.minv.addr_(v, v, alpha=-beta * c)  # true -beta (cv)(cv)^T, divided by c
+        if self.batch:
+            self.vecs[:, k] = v
+            self.coef[k] = beta * c
+            self.pending = k + 1
+            if self.pending == self.batch:
+                self.minv.addmm_(self.vecs * self.coef, self.vecs.T, alpha=-1.0)
+                self.pending = 0
+        else:
+            self.minv.addr_(v, v, alpha=-beta * c)  # true -beta (cv)(cv)^T, divided by c
         qv2 = qv.numpy() if self.np_views else qv
         self.omega -= (beta * c) * qv2 * qv2
         self.c = c * scale
