@@ -165,6 +165,16 @@ def test_deferred_updates_are_certified(monkeypatch: pytest.MonkeyPatch, batch: 
     assert abs(ell.log_det() - plain.log_det()) <= ell.log_det_gap + plain.log_det_gap + 1e-9
 
 
+@pytest.mark.parametrize(("centered", "use_lu"), [(False, True), (True, True), (True, False)])
+def test_kumar_yildirim_support_is_nonsingular(centered: bool, use_lu: bool) -> None:
+    z = torch.randn(80, 7, dtype=F64, generator=_gen(21)) ** 3
+    supp = mvee_mod.kumar_yildirim_support(z, centered, use_lu=use_lu)
+    assert len(set(supp.tolist())) == supp.numel()
+    assert (7 if centered else 8) <= supp.numel() <= (7 if centered else 14)
+    q = z if centered else torch.cat([z, torch.ones(80, 1, dtype=F64)], dim=1)
+    assert int(torch.linalg.matrix_rank(q[supp])) == q.shape[1]
+
+
 def test_torch_loop_matches_numpy_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """The device-generic torch path (used on GPU) is certified too and agrees in log det."""
     x = torch.randn(120, 8, dtype=F64, generator=_gen(5))
