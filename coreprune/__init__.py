@@ -1,5 +1,6 @@
 """coreprune: provable structured pruning with Löwner-ellipsoid and Carathéodory coresets."""
 
+from coreprune.compress import CompressResult, compress
 from coreprune.coreset import (
     Certificate,
     PruneResult,
@@ -11,9 +12,11 @@ from coreprune.coreset import (
 
 __all__ = [
     "Certificate",
+    "CompressResult",
     "PruneResult",
     "QuerySpace",
     "adversarial_search",
+    "compress",
     "coreset_prune",
     "measure_error",
 ]
