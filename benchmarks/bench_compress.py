@@ -71,7 +71,9 @@ def compression_profile(name: str, target: float, top: int = 6) -> list[dict]:
     rows = []
     for (file, line, func), (_, calls, own, total, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{Path(file).name}:{line}({func})" if line else func
-        rows.append({"model": name, "function": where, "calls": calls, "own_s": own, "cum_s": total})
+        rows.append(
+            {"model": name, "function": where, "calls": calls, "own_s": own, "cum_s": total}
+        )
     rows.sort(key=lambda r: -r["own_s"])
     return rows[:top]
 

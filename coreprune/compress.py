@@ -445,7 +445,9 @@ def _single_device(model: nn.Module) -> torch.device:
     devices = {t.device for t in (*model.parameters(), *model.buffers())}
     if len(devices) > 1:
         listed = ", ".join(sorted(str(d) for d in devices))
-        raise ValueError(f"model has tensors on several devices ({listed}); move it to one with .to()")
+        raise ValueError(
+            f"model has tensors on several devices ({listed}); move it to one with .to()"
+        )
     return devices.pop() if devices else torch.device("cpu")
 
 
@@ -463,9 +465,15 @@ def _as_args(value: object) -> tuple[torch.Tensor, ...] | None:
         return None
     if isinstance(value, torch.Tensor):
         return (value,)
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, torch.Tensor) for v in value)
+    ):
         return tuple(value)
-    raise TypeError("example_input must be a tensor or a tuple of tensors (the forward's arguments)")
+    raise TypeError(
+        "example_input must be a tensor or a tuple of tensors (the forward's arguments)"
+    )
 
 
 def _resolve_pairs(
@@ -954,7 +962,12 @@ def _module_macs(model: nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, 
     def make(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, _inp: Any, out: Any) -> None:
             if isinstance(module, nn.Conv2d):
-                per = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                per = (
+                    module.in_channels
+                    // module.groups
+                    * module.kernel_size[0]
+                    * module.kernel_size[1]
+                )
             else:
                 per = module.in_features
             macs[name] = macs.get(name, 0) + out.numel() * per

@@ -350,3 +350,21 @@ def test_no_warning_when_the_target_is_reachable() -> None:
         warnings.simplefilter("error")
         result = compress(_model("lenet300100"), target=0.5, progress=False)
     assert result.report.target_reached
+
+
+def test_fast_independent_sensitivities_match_the_general_path() -> None:
+    from coreprune import coreset_prune
+    from coreprune.compress import _fast_sensitivities
+
+    torch.manual_seed(0)
+    conv, bn, nxt = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8).eval(), nn.Conv2d(8, 4, 3)
+    with torch.no_grad():
+        nxt.weight[1, 2] = 0.0  # next channel 1 does not read unit 2 at any offset: s = 0 there
+        nxt.weight[3, 5, 0, 0] = 0.0
+    fast = _fast_sensitivities(conv, bn, nxt, None)
+    assert fast is not None and fast.bounds.keys() == {"independent"}
+    general = coreset_prune(conv, None, nxt, mode="select", keep=8, norm=bn, sensitivity="leverage")
+    assert torch.equal(fast.per_next, general.sensitivities.per_next)
+    assert fast.per_next[1 * 9 :, 2].sum() > 0 and torch.all(fast.per_next[9:18, 2] == 0)
+    wide = nn.Conv2d(1, 12, 3)  # 12 units in R^10: dependent, so the fast path declines
+    assert _fast_sensitivities(wide, None, nn.Conv2d(12, 2, 1), None) is None

@@ -24,11 +24,17 @@ design's own matrix, before scaling; K <= (1+tol)(r+1) - 1 resp. (1+tol) r):
     (r+1) tol (general) resp. r tol (centred);
   * John: the ellipsoid shrunk about its centre by 1/K (general) resp. 1/sqrt(K) (centred)
     lies in conv(points) resp. conv(+-points); these are 1/r resp. 1/sqrt(r) at the optimum.
+    Proof (general): for a direction h let t_i = h.(x_i - c) / sqrt(h^T S h), S the
+    u-weighted covariance; the t_i have u-mean 0, u-second moment 1 and |t_i| <= sqrt(K), so
+    (a - t_i)(t_i + sqrt(K)) >= 0 with a = max t_i gives 1 <= a sqrt(K): the support function
+    of the hull is at least that of {(x-c)^T S^-1 (x-c) <= 1/K} in every direction.
+    (Centred: u-second moment 1 forces max |t_i| >= 1 for {x^T M^-1 x <= 1}.)
 Both are stored on the result (``log_det_gap``, ``john_factor``).
 
-Numerics: the solver works in whitened hull coordinates (U of the centred SVD times sqrt(n)),
-which is exact affine invariance in exact arithmetic and removes any dependence on scale or
-anisotropy; the ellipsoid is mapped back afterwards.
+Numerics: the solver works in whitened hull coordinates (U of the centred SVD times sqrt(n)).
+The iteration is affine invariant, so in exact arithmetic this changes nothing; in floating
+point it removes any dependence on the scale or anisotropy of the input. The ellipsoid is
+mapped back afterwards.
 """
 
 from __future__ import annotations
@@ -293,9 +299,16 @@ def mvee(
     (weights u on the points, center = sum u_i x_i). ``centered=True``: the minimum-volume
     ellipsoid centred at 0 enclosing +-points, in their linear span (weights on the original
     points, each +- pair merged). Every input point satisfies ``mahalanobis <= 1`` (rounding
-    aside); log det is within ``log_det_gap`` <= (r+1) tol of the optimum.
-    float64 on the input's device; the input is never modified. Raises RuntimeError when
-    ``max_iter`` iterations do not reach ``tol``.
+    aside); log det is within ``log_det_gap`` <= (r+1) tol of the optimum; ``john_factor``
+    shrinks the result into the convex hull. The hull has rank r by the rule in
+    :mod:`coreprune.geometry.affine` (rtol 1e-10); n copies of one point give the rank-0
+    ellipsoid {x}. ``tol`` in (0, 1); ``max_iter`` counts Frank–Wolfe steps.
+
+    float64 on the input's device; the input is never modified; on CPU the solve runs on one
+    torch thread (see ``_one_torch_thread``). Raises RuntimeError when ``max_iter`` steps do
+    not reach ``tol`` (never an uncertified answer), ValueError for all-zero points with
+    ``centered=True`` and for point sets whose semi-axes (beyond ~1e+-150) make A over- or
+    underflow float64.
     """
     x = check_points(points)
     tol = check_positive(tol, "tol")
