@@ -2,8 +2,8 @@
 
 Every public geometry function takes torch tensors and computes in float64 on the input's
 device. These helpers reject bad input early with a message naming the argument and the fix,
-and return float64 tensors that never alias a caller's float32 data (a float64 input is returned
-as a read-only-by-convention view: callers here never write into it).
+and return detached float64 tensors (a view when the input already is float64: read-only by
+convention, no geometry function writes into its input).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def check_points(points: object, name: str = "points") -> Tensor:
     """Validate an (n, d) point set and return it as float64 (same device).
 
     Raises TypeError for non-tensors, ValueError for wrong rank, empty or non-finite input.
-    The caller's tensor is never modified (a float64 input is returned as-is, other dtypes are
-    copied by the conversion).
+    The result is detached; a float64 input comes back as a view of the caller's memory (other
+    dtypes as a converted copy), so callers must not write into it, and none here does.
     """
     p = _require_tensor(points, name)
     if p.dim() != 2:
@@ -42,7 +42,7 @@ def check_points(points: object, name: str = "points") -> Tensor:
         )
     if p.shape[0] == 0 or p.shape[1] == 0:
         raise ValueError(f"{name} must be non-empty, got shape {tuple(p.shape)}")
-    p = p.to(torch.float64)
+    p = p.detach().to(torch.float64)  # geometry is not differentiable; never track grads
     if not bool(torch.isfinite(p).all()):
         raise ValueError(f"{name} contains NaN or Inf; remove or replace those entries")
     return p
@@ -55,7 +55,7 @@ def check_weights(weights: object, n: int, name: str = "weights") -> Tensor:
         raise ValueError(f"{name} must be 1-D with shape ({n},), got shape {tuple(w.shape)}")
     if w.shape[0] != n:
         raise ValueError(f"{name} must have length {n} (one per point), got {w.shape[0]}")
-    w = w.to(torch.float64)
+    w = w.detach().to(torch.float64)
     if not bool(torch.isfinite(w).all()):
         raise ValueError(f"{name} contains NaN or Inf")
     if bool((w < 0).any()):

@@ -57,7 +57,8 @@ __all__ = ["mvee"]
 _HULL_RTOL = 1e-10
 _BATCH = 32  # deferred rank-one updates of M^{-1} per GEMM (see _State)
 _BATCH_MIN_DIM = 128  # below this m the per-step overhead outweighs the saved memory traffic
-_NUMPY_LOOP = True  # on CPU, do the loop's vector bookkeeping on numpy views (see _State)
+_NUMPY_LOOP = True
+_MIN_SPREAD, _MAX_SPREAD = 1e-140, 1e140  # so that A_r ~ 1 / spread^2 stays a normal float64  # on CPU, do the loop's vector bookkeeping on numpy views (see _State)
 
 
 @contextlib.contextmanager
@@ -274,6 +275,19 @@ def d_optimal_design(
         st.rank_one(idx, mu / denom, 1.0 / (1.0 - lam))
 
 
+def check_spread(spread: Tensor) -> None:
+    """Raise ValueError unless the rms spreads along the principal directions lie in
+    [_MIN_SPREAD, _MAX_SPREAD]; outside, A_r ~ 1 / spread^2 over- or underflows (or loses
+    digits as subnormals)."""
+    lo, hi = float(spread.min()), float(spread.max())
+    if not (lo >= _MIN_SPREAD and hi <= _MAX_SPREAD):
+        raise ValueError(
+            f"points spread from {lo:.3g} to {hi:.3g} (rms, along principal directions); "
+            f"the ellipsoid needs {_MIN_SPREAD:g} to {_MAX_SPREAD:g} so its shape matrix is a "
+            "normal float64: rescale points (e.g. divide by their max norm) and the result"
+        )
+
+
 def _point_ellipsoid(center: Tensor, n: int) -> Ellipsoid:
     """Rank-0 ellipsoid: all points coincide (up to rounding) with ``center``."""
     d = center.shape[0]
@@ -307,8 +321,8 @@ def mvee(
     float64 on the input's device; the input is never modified; on CPU the solve runs on one
     torch thread (see ``_one_torch_thread``). Raises RuntimeError when ``max_iter`` steps do
     not reach ``tol`` (never an uncertified answer), ValueError for all-zero points with
-    ``centered=True`` and for point sets whose semi-axes (beyond ~1e+-150) make A over- or
-    underflow float64.
+    ``centered=True`` and for point sets spread beyond 1e-140 .. 1e140 (rms along a principal
+    direction), where A would over- or underflow float64.
     """
     x = check_points(points)
     tol = check_positive(tol, "tol")
@@ -363,6 +377,7 @@ def _ellipsoid_from_design(
     big_k = float((w * w).sum(dim=0).max())
     # Map back from whitened coordinates: y = z * (s / sqrt(n)).
     dscale = s / math.sqrt(n)
+    check_spread(dscale)
     a_z = torch.cholesky_inverse(chol) / big_k
     hull_shape = (a_z / dscale[:, None]) / dscale[None, :]  # two steps: no overflow of s_i s_j
     hull_shape = 0.5 * (hull_shape + hull_shape.T)
@@ -385,11 +400,5 @@ def _ellipsoid_from_design(
     # (the u-weighted mean of the Mahalanobis values is r), so the gap is clipped only for
     # rounding noise.
     kappa = float(ell.mahalanobis(x).max())
-    if not (0.0 < kappa < math.inf and bool(torch.isfinite(hull_shape).all())):
-        raise ValueError(
-            "points span lengths whose inverse squares over/underflow float64 (semi-axes "
-            f"from {float(dscale.min()):.3g} to {float(dscale.max()):.3g}, roughly); rescale "
-            "points (e.g. divide by their max norm) and rescale the ellipsoid afterwards"
-        )
     out = ell.scaled(kappa)
     return dataclasses.replace(out, log_det_gap=max(0.0, r * math.log(big_k * kappa / r)))

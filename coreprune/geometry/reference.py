@@ -25,6 +25,7 @@ from torch import Tensor
 from coreprune.geometry._validate import check_points
 from coreprune.geometry.affine import svd_coordinates
 from coreprune.geometry.ellipsoid import Ellipsoid
+from coreprune.geometry.mvee import _point_ellipsoid, check_spread
 
 __all__ = ["mvee_reference"]
 
@@ -53,8 +54,6 @@ def mvee_reference(
     if r == 0:
         if centered:
             raise ValueError("points are all zero: a centred ellipsoid needs a nonzero point")
-        from coreprune.geometry.mvee import _point_ellipsoid
-
         ell = _point_ellipsoid(center, n)
         return Ellipsoid(
             center=ell.center,
@@ -64,6 +63,8 @@ def mvee_reference(
             centered=False,
             hull_shape=ell.hull_shape,
         )
+    dscale = s / math.sqrt(n)
+    check_spread(dscale)
     z = (uvec * math.sqrt(n)).cpu().numpy()
     p_var = cp.Variable((r, r), symmetric=True)
     if centered:
@@ -86,7 +87,6 @@ def mvee_reference(
         w = np.clip(np.asarray(duals, dtype=np.float64).reshape(-1), 0.0, None)
         if w.shape == (n,) and np.isfinite(w).all() and w.sum() > 0:
             weights = w / w.sum()
-    dscale = s / math.sqrt(n)
     a_z_t = torch.as_tensor(a_z, dtype=torch.float64, device=dev)
     hull_shape = (a_z_t / dscale[:, None]) / dscale[None, :]
     hull_shape = 0.5 * (hull_shape + hull_shape.T)

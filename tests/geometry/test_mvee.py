@@ -320,6 +320,16 @@ def test_john_inner_ellipsoid_general(seed: int) -> None:
 # Degenerate input.
 
 
+def test_unrepresentable_scales_are_refused() -> None:
+    x = torch.randn(20, 3, dtype=F64, generator=_gen(13))
+    for s in (1e160, 1e-160):
+        with pytest.raises(ValueError, match="rescale points"):
+            mvee(x * s)
+        with pytest.raises(ValueError, match="rescale points"):
+            mvee_reference(x * s)
+    assert bool(mvee(x * 1e130).contains(x * 1e130).all())
+
+
 def test_single_point_and_identical_points() -> None:
     p = torch.tensor([[1.0, -2.0, 3.0]], dtype=F64)
     for x in (p, p.repeat(6, 1), p.repeat(4, 1) * 1e9):
@@ -415,6 +425,10 @@ def test_dtype_device_and_no_mutation() -> None:
     before64 = x64.clone()
     mvee(x64)
     assert torch.equal(x64, before64)
+    # tensors that track gradients, and non-contiguous views, are accepted
+    xg = x64.clone().requires_grad_(True)
+    assert bool(mvee(xg).contains(x64).all())
+    assert mvee(x64.T.contiguous().T, centered=True).rank == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
