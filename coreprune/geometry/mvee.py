@@ -288,7 +288,7 @@ def check_spread(spread: Tensor) -> None:
         )
 
 
-def _point_ellipsoid(center: Tensor, n: int) -> Ellipsoid:
+def point_ellipsoid(center: Tensor, n: int) -> Ellipsoid:
     """Rank-0 ellipsoid: all points coincide (up to rounding) with ``center``."""
     d = center.shape[0]
     dev = center.device
@@ -343,7 +343,7 @@ def _solve(x: Tensor, tol: float, centered: bool, max_iter: int) -> Ellipsoid:
     if r == 0:
         if centered:
             raise ValueError("points are all zero: a centred ellipsoid needs a nonzero point")
-        return _point_ellipsoid(center, n)
+        return point_ellipsoid(center, n)
     z = uvec * math.sqrt(n)  # whitened hull coordinates: z^T z / n = I
     q = z if centered else torch.cat([z, torch.ones(n, 1, dtype=z.dtype, device=z.device)], 1)
     supp = kumar_yildirim_support(z, centered)

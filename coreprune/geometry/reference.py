@@ -16,6 +16,7 @@ by about the solver tolerance.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import Tensor
 from coreprune.geometry._validate import check_points
 from coreprune.geometry.affine import svd_coordinates
 from coreprune.geometry.ellipsoid import Ellipsoid
-from coreprune.geometry.mvee import _point_ellipsoid, check_spread
+from coreprune.geometry.mvee import check_spread, point_ellipsoid
 
 __all__ = ["mvee_reference"]
 
@@ -54,15 +55,7 @@ def mvee_reference(
     if r == 0:
         if centered:
             raise ValueError("points are all zero: a centred ellipsoid needs a nonzero point")
-        ell = _point_ellipsoid(center, n)
-        return Ellipsoid(
-            center=ell.center,
-            shape=ell.shape,
-            basis=ell.basis,
-            weights=ell.weights,
-            centered=False,
-            hull_shape=ell.hull_shape,
-        )
+        return dataclasses.replace(point_ellipsoid(center, n), john_factor=None, log_det_gap=None)
     dscale = s / math.sqrt(n)
     check_spread(dscale)
     z = (uvec * math.sqrt(n)).cpu().numpy()
