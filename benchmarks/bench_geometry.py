@@ -213,7 +213,7 @@ def write(rows: list[Row], info: dict[str, str], out_dir: Path, note: str) -> No
 NOTES = [
     "- The machine is a 2-core VM shared with other jobs; the load average is recorded above.",
     "  Our solver runs on one torch thread (see `mvee._one_torch_thread`); cvxpy/SCS uses what",
-    "  it likes. Ratios near the 100x line move by +-10% between runs with the load.",
+    "  it likes. Times move with the load by roughly +-20% between runs.",
     "- The skewed-degenerate sets have rank r = d/2 (+1 when centred), so at d=50 they are",
     "  25-dimensional problems: cvxpy's cost falls much faster with r than ours, hence the",
     "  lower ratios there. The 100x target is stated for n=300, d=50 full rank (gaussian).",
