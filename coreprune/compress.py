@@ -35,6 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from coreprune.baselines.base import Pruner
+from coreprune.baselines.gates import UnitGates
+from coreprune.baselines.random_pruner import Random
+from coreprune.baselines.registry import BASELINES, resolve_method
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
@@ -46,14 +50,7 @@ from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pa
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
 
-__all__ = [
-    "SCORERS",
-    "CompressReport",
-    "CompressResult",
-    "LayerRow",
-    "UnitContext",
-    "compress",
-]
+__all__ = ["CompressReport", "CompressResult", "LayerRow", "compress"]
 
 MODES = ("select", "sample")
 ALLOCATIONS = ("uniform", "global")
@@ -63,37 +60,6 @@ MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for the calibration
 _PATCH_SEED = 0  # patch subsampling uses its own generator, so it never shifts the user's stream
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-# --------------------------------------------------------------------------------------------
-# Unit scorers other than the coreset (the baselines plug in here)
-
-
-@dataclass(frozen=True)
-class UnitContext:
-    """What a unit scorer may look at for one pair; modules are in the current (compressed) model."""
-
-    pair: PrunablePair
-    producer: nn.Linear | nn.Conv2d
-    norm: nn.BatchNorm1d | nn.BatchNorm2d | None
-    consumer: nn.Linear | nn.Conv2d
-    model: nn.Module
-    calibration: torch.Tensor | None
-    generator: torch.Generator
-
-
-UnitScorer = Callable[[UnitContext], torch.Tensor]
-
-
-def _random_scores(ctx: UnitContext) -> torch.Tensor:
-    """Uniform random unit choice: i.i.d. scores, top-k kept (a sanity floor for every budget)."""
-    n = ctx.producer.weight.shape[0]
-    return torch.rand(n, generator=ctx.generator, dtype=torch.float64)
-
-
-# name -> scorer returning one score per producer unit (higher = keep). The same budgets and the
-# same surgery apply to every entry; magnitude / SNIP / SynFlow register here.
-SCORERS: dict[str, UnitScorer] = {"random": _random_scores}
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,7 +209,7 @@ def compress(
     *,
     eps: float | None = None,
     target: float | None = None,
-    method: str = "coreset",
+    method: str | Pruner = "coreset",
     mode: str = "select",
     allocation: str = "uniform",
     metric: str = "params",
@@ -264,8 +230,11 @@ def compress(
     common eps, each layer removing its least sensitive units while its certified eps stays below
     it. `calibration` (a batch of model inputs) restricts each layer's query space to the top
     `rank` principal directions of its real inputs; otherwise certificates are data-free.
-    `pairs` replaces the fx analysis for models fx cannot trace. `method="random"` (or any name in
-    `SCORERS`) prunes the same pairs to the same budgets by its own unit scores.
+    `pairs` replaces the fx analysis for models fx cannot trace. `method` may instead name a
+    baseline ("magnitude", "synflow", "random") or be a `coreprune.baselines.Pruner` such as
+    `SNIP(loader)`: it prunes the same pairs to the same budgets (uniform: the same kept counts
+    as the coreset; global: one ranking of unit scores across layers), scoring every unit on the
+    dense model (re-scored `rounds` times for SynFlow), by the same surgery.
     """
     start = time.perf_counter()
     opts = _check_options(
@@ -282,7 +251,8 @@ def compress(
     args = _as_args(example_input)
     dense_macs = _module_macs(work, args) if args is not None else None
     dense_modules = dict(work.named_modules())
-    planner = _Planner(opts, work, pair_list, dense_macs, calibration, progress)
+    example = args[0] if args is not None else calibration
+    planner = _Planner(opts, work, pair_list, dense_macs, calibration, example, progress)
     keeps, budget = planner.plan()
 
     rows: list[LayerRow] = []
@@ -350,6 +320,20 @@ class _Options:
     delta: float
     generator: torch.Generator | None
     sensitivity: str
+    pruner: Pruner | None
+
+
+def _resolve_baseline(method: object, generator: object) -> Pruner:
+    if method == "random" and isinstance(generator, torch.Generator):
+        return Random(generator)  # compress(generator=...) seeds the random baseline
+    try:
+        return resolve_method(method)
+    except ValueError as err:
+        if isinstance(method, str) and method not in BASELINES:
+            raise ValueError(
+                f"method must be one of {('coreset', *BASELINES)} or a Pruner, got {method!r}"
+            ) from err
+        raise
 
 
 def _check_options(
@@ -364,8 +348,8 @@ def _check_options(
             "give exactly one of eps (each layer's certificate target) and target (the fraction "
             "of the model to remove)"
         )
-    methods = ("coreset", *SCORERS)
-    _check_choice(method, methods, "method")
+    pruner = None if method == "coreset" else _resolve_baseline(method, generator)
+    method = "coreset" if pruner is None else pruner.name
     _check_choice(mode, MODES, "mode")
     _check_choice(allocation, ALLOCATIONS, "allocation")
     _check_choice(metric, METRICS, "metric")
@@ -393,11 +377,6 @@ def _check_options(
             )
         if metric == "macs" and example_input is None:
             raise ValueError("metric='macs' needs example_input (a batch the model accepts)")
-        if allocation == "global" and method != "coreset":
-            raise ValueError(
-                f"allocation='global' ranks units by certified eps, which method={method!r} "
-                "does not have; use allocation='uniform'"
-            )
     if method != "coreset" and mode != "select":
         raise ValueError(f"mode={mode!r} is a coreset mode; method={method!r} needs mode='select'")
     if example_input is not None:
@@ -426,7 +405,7 @@ def _check_options(
         eps=eps, target=target, method=str(method), mode=str(mode), allocation=str(allocation),
         metric=str(metric), rank=DEFAULT_RANK if rank is None else int(rank),
         calibrated=calibration is not None, delta=delta, generator=generator,
-        sensitivity=str(sensitivity),
+        sensitivity=str(sensitivity), pruner=pruner,
     )  # fmt: skip
 
 
@@ -554,9 +533,12 @@ class _Planner:
         pairs: list[PrunablePair],
         dense_macs: dict[str, int] | None,
         calibration: torch.Tensor | None,
+        example: torch.Tensor | None,
         progress: bool,
     ) -> None:
         self.opts = opts
+        self.example = example
+        self.unit_sets: list[torch.Tensor] | None = None
         self.work = work
         self.pairs = pairs
         self.dense_macs = dense_macs
@@ -575,8 +557,10 @@ class _Planner:
         if opts.target is None:
             return None, f"eps = {opts.eps:g} per layer"
         cost = self._cost_model()
-        if opts.allocation == "uniform":
-            keeps, label, reachable = self._plan_uniform(cost)
+        if opts.pruner is not None:
+            keeps, label, reachable = self._plan_baseline(cost, opts.pruner)
+        elif opts.allocation == "uniform":
+            keeps, label, reachable = self._plan_uniform(cost, opts.target)
         else:
             keeps, label, reachable = self._plan_global(cost)
         planned = cost.removed(keeps)
@@ -649,7 +633,7 @@ class _Planner:
             product, linear = macs // (out_units * in_units), 0
         return _Term(product, linear, out_units, in_units, out_pair, in_pair)
 
-    def _plan_uniform(self, cost: _CostModel) -> tuple[list[int], str, bool]:
+    def _plan_uniform(self, cost: _CostModel, target: float) -> tuple[list[int], str, bool]:
         """Largest common kept fraction f (k = ceil(f n), at least 1) that meets the target."""
         fractions = sorted({Fraction(k, n) for n in self.units for k in range(1, n + 1)})
         candidates = [Fraction(0), *fractions]
@@ -657,10 +641,48 @@ class _Planner:
         def keeps_at(f: Fraction) -> list[int]:
             return [max(1, math.ceil(f * n)) for n in self.units]
 
-        best = _last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= self.opts.target)
+        best = _last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= target)
         reachable = best is not None
         f = candidates[best] if best is not None else Fraction(0)
         return keeps_at(f), f"kept fraction {float(f):.4f} per layer", reachable
+
+    def _plan_baseline(self, cost: _CostModel, pruner: Pruner) -> tuple[list[int], str, bool]:
+        """Kept units of a baseline, scored on the dense model; with `rounds` > 1 re-scored on
+        the exponential schedule 1 - (1 - target)^(k / rounds), pruned units staying pruned."""
+        assert self.opts.target is not None
+        alive = [torch.ones(n, dtype=torch.bool) for n in self.units]
+        label, reachable = "", True
+        rounds = range(1, pruner.rounds + 1)
+        bar = tqdm(rounds, desc=f"score ({pruner.name})", disable=not self.progress, unit="round")
+        for k in bar:
+            fraction = 1 - (1 - self.opts.target) ** (k / pruner.rounds)
+            gates = UnitGates(self.work, self.pairs, masks=[a.float() for a in alive])
+            ranked = self._ranked(pruner, pruner.unit_scores(self.work, gates, self.example), alive)
+            if self.opts.allocation == "uniform":
+                keeps, label, reachable = self._plan_uniform(cost, fraction)
+                alive = [_keep_top(r, count) for r, count in zip(ranked, keeps, strict=True)]
+            else:
+                alive, reachable = _global_ranking(cost, ranked, fraction)
+                label = f"one ranking of {pruner.name} unit scores across layers"
+        self.unit_sets = [torch.nonzero(a).flatten() for a in alive]
+        return [int(a.sum()) for a in alive], label, reachable
+
+    def _ranked(
+        self, pruner: Pruner, scores: Sequence[torch.Tensor], alive: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Checked scores as float64, with already pruned units at -inf (they stay pruned)."""
+        if len(scores) != len(self.pairs):
+            raise ValueError(f"{pruner!r} returned {len(scores)} score vectors for {len(self.pairs)} pairs")
+        out = []
+        for pair, score, mask in zip(self.pairs, scores, alive, strict=True):
+            score = score.detach().double().cpu()
+            if score.shape != mask.shape or not torch.isfinite(score).all():
+                raise ValueError(
+                    f"{pruner!r} must return {mask.numel()} finite scores for {pair.producer!r}, "
+                    f"got shape {tuple(score.shape)}"
+                )
+            out.append(torch.where(mask, score, torch.full_like(score, -math.inf)))
+        return out
 
     def _plan_global(self, cost: _CostModel) -> tuple[list[int], str, bool]:
         """Smallest common eps whose per-layer removals meet the target (units scored densely)."""
@@ -709,10 +731,12 @@ class _Planner:
         """Choose the kept units of one pair in the current model and swap in smaller modules."""
         producer, norm, consumer = self._modules(pair)
         n = _out_units(producer)
-        if self.opts.method == "coreset":
+        if self.unit_sets is None:
             choice = self._coreset_choice(index, pair, count)
         else:
-            choice = self._scorer_choice(pair, count)
+            keep = self.unit_sets[index]
+            note = "kept 1 unit: at least one unit stays" if keep.numel() == 1 else ""
+            choice = _Choice(keep, _ones(keep.numel()), None, note)
         keep = choice.keep.to(producer.weight.device)
         new_producer = slice_producer(producer, keep)
         new_consumer = slice_consumer(consumer, n, keep, choice.scale)
@@ -765,21 +789,6 @@ class _Planner:
         keep = nonzero.to(result.keep.device)[result.keep]
         return _Choice(keep, result.scale, result.certificate, "; ".join(notes))
 
-    def _scorer_choice(self, pair: PrunablePair, count: int | None) -> _Choice:
-        producer, norm, consumer = self._modules(pair)
-        assert count is not None  # scorers run with target= only
-        ctx = UnitContext(pair, producer, norm, consumer, self.work, self.calibration, self.random)
-        scores = SCORERS[self.opts.method](ctx)
-        n = _out_units(producer)
-        if scores.shape != (n,) or not torch.isfinite(scores).all():
-            raise ValueError(
-                f"scorer {self.opts.method!r} must return {n} finite scores for {pair.producer!r}, "
-                f"got shape {tuple(scores.shape)}"
-            )
-        keep = torch.sort(torch.topk(scores.cpu(), count).indices).values
-        note = "kept 1 unit: at least one unit stays" if count == 1 else ""
-        return _Choice(keep, _ones(count), None, note)
-
     # ---- helpers
 
     def _modules(self, pair: PrunablePair) -> tuple[Any, Any, Any]:
@@ -812,6 +821,40 @@ class _Planner:
                 f"calibration query space for {pair.producer!r}: {err} (pass a smaller rank or "
                 "more calibration inputs)"
             ) from err
+
+
+def _keep_top(ranked: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask keeping the `count` highest-ranked units; ties drop the lower index first."""
+    keep = torch.ones(ranked.numel(), dtype=torch.bool)
+    keep[torch.sort(ranked, stable=True).indices[: ranked.numel() - count]] = False
+    return keep
+
+
+def _global_ranking(
+    cost: _CostModel, ranked: Sequence[torch.Tensor], fraction: float
+) -> tuple[list[torch.Tensor], bool]:
+    """Remove units in one ascending order of score across layers (each layer's best unit
+    excluded) until `fraction` of the cost is gone; the shortest such prefix."""
+    protected = []
+    for score in ranked:
+        score = score.clone()
+        score[int(torch.argmax(score))] = math.inf
+        protected.append(score)
+    flat = torch.cat(protected)
+    layer = torch.cat([torch.full((s.numel(),), i) for i, s in enumerate(ranked)])
+    order = torch.sort(flat, stable=True).indices[: flat.numel() - len(ranked)]
+    sizes = [s.numel() for s in ranked]
+
+    def keeps_at(r: int) -> list[int]:
+        dropped = torch.bincount(layer[order[:r]], minlength=len(sizes)).tolist()
+        return [n - d for n, d in zip(sizes, dropped, strict=True)]
+
+    prefixes = list(range(order.numel() + 1))
+    found = _first_true(prefixes, lambda r: cost.removed(keeps_at(r)) >= fraction)
+    r = prefixes[-1] if found is None else prefixes[found]
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:r]] = False
+    return list(keep.split(sizes)), found is not None
 
 
 def _first_true(values: Sequence[Any], test: Callable[[Any], bool]) -> int | None:

@@ -1,0 +1,30 @@
+"""Baselines on the same budgets and surgery as the coreset: magnitude, SNIP, SynFlow, random.
+
+Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scores (for
+`coreprune.compress(method=...)`, physical removal). Definitions: docs/baselines.md.
+"""
+
+from .base import Pruner
+from .data import labelled_batch
+from .gates import UnitGates
+from .magnitude import Magnitude
+from .masks import MaskResult, prune_weights, select_mask
+from .random_pruner import Random
+from .registry import BASELINES, resolve_method
+from .snip import SNIP
+from .synflow import SynFlow
+
+__all__ = [
+    "BASELINES",
+    "SNIP",
+    "Magnitude",
+    "MaskResult",
+    "Pruner",
+    "Random",
+    "SynFlow",
+    "UnitGates",
+    "labelled_batch",
+    "prune_weights",
+    "resolve_method",
+    "select_mask",
+]

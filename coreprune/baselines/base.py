@@ -1,0 +1,66 @@
+"""What every baseline provides: scores per weight and per unit, higher = more important.
+
+The pruning loops (`prune_weights` for masks, `coreprune.compress` for units) are shared by every
+method, so methods differ only in how they score; budgets, tie-breaking and surgery are common.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .gates import UnitGates
+
+__all__ = ["Pruner"]
+
+
+class Pruner(ABC):
+    """A scoring rule. `rounds` > 1 means the loop re-scores that many times on an exponential
+    schedule (SynFlow's iterative pruning); pruned weights/units then stay pruned."""
+
+    name: ClassVar[str]
+    rounds: int = 1
+
+    @abstractmethod
+    def weight_scores(
+        self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """One score per entry of `model.get_submodule(name).weight`, for each name.
+
+        `model` is a working copy whose pruned weights are already zero; it may be modified.
+        """
+
+    @abstractmethod
+    def unit_scores(
+        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """One score per producer unit of each gated pair (pruned units have gate 0)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def input_like(
+    shape: Sequence[int] | None, example_input: torch.Tensor | None, who: str
+) -> tuple[int, ...]:
+    """The per-example input shape, from the method's own setting or an example batch."""
+    if shape is not None:
+        return tuple(int(s) for s in shape)
+    if example_input is None:
+        raise ValueError(
+            f"{who} needs the input shape: pass input_shape=(C, H, W) to it, or example_input= "
+            "(a batch the model accepts) to the pruning call"
+        )
+    if not isinstance(example_input, torch.Tensor) or example_input.ndim < 2:
+        raise TypeError("example_input must be a batched tensor (batch first)")
+    return tuple(example_input.shape[1:])
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameterless model)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device

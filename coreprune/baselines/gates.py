@@ -1,0 +1,82 @@
+"""Per-unit gates: a multiplier c_i on each unit's output, the handle unit-level scores use.
+
+A gate sits on the unit's output after its batch norm (or on the producer when there is none),
+which is exactly what the surgery removes: c_i = 0 is the pruned network, c_i = 1 the dense one.
+Derivatives with respect to c are the unit forms of SNIP and SynFlow (docs/baselines.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from coreprune.surgery.graph import PrunablePair
+
+__all__ = ["UnitGates"]
+
+
+class UnitGates:
+    """Forward hooks that multiply each pair's unit outputs by a gate vector.
+
+    Use as a context manager; the hooks are removed on exit. `values[p]` is pair p's gate
+    (float, one entry per producer unit); set `requires_grad` on it to read gate derivatives.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        pairs: Sequence[PrunablePair],
+        *,
+        dtype: torch.dtype = torch.float32,
+        masks: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.pairs = list(pairs)
+        self.producers: list[nn.Linear | nn.Conv2d] = []
+        self.norms: list[nn.Module | None] = []
+        self.consumers: list[nn.Linear | nn.Conv2d] = []
+        self.values: list[torch.Tensor] = []
+        for index, pair in enumerate(self.pairs):
+            producer = model.get_submodule(pair.producer)
+            assert isinstance(producer, (nn.Linear, nn.Conv2d))
+            consumer = model.get_submodule(pair.consumer)
+            assert isinstance(consumer, (nn.Linear, nn.Conv2d))
+            self.producers.append(producer)
+            self.norms.append(None if pair.norm is None else model.get_submodule(pair.norm))
+            self.consumers.append(consumer)
+            n = producer.weight.shape[0]
+            gate = torch.ones(n, dtype=dtype, device=producer.weight.device)
+            if masks is not None:
+                gate = masks[index].to(gate.device, dtype)
+            self.values.append(gate)
+        self._handles: list[Any] = []
+
+    def units(self, index: int) -> int:
+        return self.values[index].numel()
+
+    def require_grad(self) -> None:
+        """Make every gate a fresh leaf that records its gradient."""
+        self.values = [v.detach().clone().requires_grad_(True) for v in self.values]
+
+    def __enter__(self) -> UnitGates:
+        for index in range(len(self.pairs)):
+            norm = self.norms[index]
+            target = norm if norm is not None else self.producers[index]
+            self._handles.append(target.register_forward_hook(self._hook(index)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int) -> Any:
+        def multiply(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            gate = self.values[index]
+            shape = (1, -1) + (1,) * (output.ndim - 2)
+            return output * gate.to(output.dtype).view(shape)
+
+        return multiply
