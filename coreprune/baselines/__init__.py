@@ -6,6 +6,16 @@ Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scor
 
 from .base import Pruner
 from .data import labelled_batch
+from .earlybird import (
+    BNScale,
+    EarlyBird,
+    SplineEarlyBird,
+    bn_channel_mask,
+    bn_pairs,
+    mask_distance,
+    partition_code,
+    spline_grid,
+)
 from .gates import UnitGates
 from .magnitude import Magnitude
 from .masks import MaskResult, prune_weights, select_mask
@@ -17,14 +27,22 @@ from .synflow import SynFlow
 __all__ = [
     "BASELINES",
     "SNIP",
+    "BNScale",
+    "EarlyBird",
     "Magnitude",
     "MaskResult",
     "Pruner",
     "Random",
+    "SplineEarlyBird",
     "SynFlow",
     "UnitGates",
+    "bn_channel_mask",
+    "bn_pairs",
     "labelled_batch",
+    "mask_distance",
+    "partition_code",
     "prune_weights",
     "resolve_method",
     "select_mask",
+    "spline_grid",
 ]

@@ -1,0 +1,574 @@
+"""DPF, dynamic pruning with feedback (Lin, Stich, Barba, Dmitriev & Jaggi, ICLR 2020).
+
+One training pass produces the sparse model; no retraining. The dense weights w are kept. Each
+step computes the stochastic gradient at the pruned model m ⊙ w and applies it to the dense w:
+
+    w_{t+1} = w_t - lr * grad L(m_t ⊙ w_t)
+
+so a pruned weight keeps receiving the gradient the pruned network sends it (the feedback), and
+comes back once its dense magnitude beats a kept one. The mask m is recomputed every
+`update_every` (16) steps from the dense magnitudes, at a sparsity that grows on Zhu & Gupta's
+(2017) cubic schedule s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n Δt))^3.
+
+Two forms:
+
+- unstructured: global (or per-layer) magnitude |w| over the weights of every Linear/Conv2d;
+  the result is a copy of the model with `torch.nn.utils.prune` masks whose `weight_orig` holds
+  the dense weights;
+- structured (per unit): each prunable pair keeps the units with the largest L2 filter norm
+  (producer weight row), at the per-pair counts `coreprune.compress(target=...)` would keep; a
+  masked unit's output is zeroed where the consumer reads it, with a straight-through gradient,
+  and at the end the masked units are physically removed with `compress` and the final mask.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence, Sized
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from .base import Pruner
+from .gates import UnitGates
+from .masks import select_mask
+
+if TYPE_CHECKING:
+    from coreprune.compress import CompressReport
+    from coreprune.surgery.graph import PrunablePair
+
+__all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SCOPES = ("global", "layer")
+
+
+def cubic_sparsity(
+    step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int
+) -> float:
+    """Zhu & Gupta's gradual schedule: `initial` until `start`, then
+    s_t = final + (initial - final) * (1 - (t - start) / (end - start))^3, then `final` from
+    `end` on (end - start = n Δt in the paper's notation). Non-decreasing; exactly `final` at
+    t = end."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    _check_sparsity(final, "final")
+    _check_sparsity(initial, "initial")
+    if initial > final:
+        raise ValueError(f"initial sparsity {initial} exceeds final {final}; pass initial <= final")
+    for value, name in ((start, "start"), (end, "end")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if end <= start:
+        raise ValueError(f"end ({end}) must be after start ({start}): the ramp needs >= 1 step")
+    if step <= start:
+        return float(initial)
+    if step >= end:
+        return float(final)
+    left = 1 - (step - start) / (end - start)
+    return float(final + (initial - final) * left**3)
+
+
+@dataclass(frozen=True)
+class MaskUpdate:
+    """One mask recomputation: entries are weights (unstructured) or units (structured)."""
+
+    step: int
+    sparsity: float
+    masked: int
+    reactivated: int
+    newly_masked: int
+
+
+@dataclass
+class DPFHistory:
+    """Per-epoch training numbers of the pruned model (loss, accuracy, validation when given,
+    the last step's learning rate) and every mask update."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    updates: list[MaskUpdate] = field(default_factory=list)
+
+    @property
+    def reactivated(self) -> int:
+        """Entries that came back over the whole run: DPF's feedback at work."""
+        return sum(u.reactivated for u in self.updates)
+
+
+@dataclass(frozen=True)
+class DPFResult:
+    """`model`: unstructured, a masked copy (`weight_orig` dense, `weight_mask` final); structured,
+    the physically smaller model from `compress`. `masks`: True = kept, per layer name (weights)
+    or per producer name (units). `report`: compress's report (structured only)."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    structured: bool
+    target: float
+    history: DPFHistory
+    report: CompressReport | None
+
+    @property
+    def achieved(self) -> float:
+        """Unstructured: fraction of the scored weights masked; structured: fraction of the
+        model's params removed."""
+        if self.report is not None:
+            return self.report.params_removed
+        total = sum(m.numel() for m in self.masks.values())
+        return sum(int((~m).sum()) for m in self.masks.values()) / total
+
+
+def dpf_train(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    target: float,
+    epochs: int,
+    lr: float = 0.1,
+    structured: bool = False,
+    update_every: int = 16,
+    initial_sparsity: float = 0.0,
+    ramp: tuple[float, float] = (0.0, 1.0),
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 1e-4,
+    schedule: str = "cosine",
+    scope: str = "global",
+    layers: Sequence[str] | None = None,
+    allow_collapse: bool = False,
+    pairs: Sequence[PrunablePair] | None = None,
+    example_input: torch.Tensor | None = None,
+    loss: Loss = F.cross_entropy,
+    val_loader: Iterable[Any] | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+) -> DPFResult:
+    """Train a copy of `model` with DPF for `epochs` epochs and return the pruned model.
+
+    `target`: unstructured, the fraction of the scored weights masked at the end (as
+    `prune_weights`' sparsity); structured, the fraction of the model's params removed (as
+    `compress`'s target, uniform allocation). Sparsity ramps from `initial_sparsity` to `target`
+    on the cubic schedule between the fractions `ramp` = (start, end) of all steps; the mask is
+    recomputed every `update_every` steps and once more after the last step, at `target`. In
+    structured mode the schedule counts units: pair i masks round(s_t / target * (n_i - k_i)) of
+    its n_i units, k_i being compress's final count. SGD with `momentum`, `weight_decay` (on the
+    dense weights) and `schedule` ("cosine", "step" or "constant", as in `fit`). `loss(outputs,
+    labels)` is the training loss. `model` is not modified.
+    """
+    from coreprune.training import set_seed
+    from coreprune.training.schedules import lr_factor
+
+    final = _check(model, train_loader, target, epochs, lr, structured, update_every,
+                  initial_sparsity, ramp, scope, schedule, loss, seed)  # fmt: skip
+    if seed is not None:
+        set_seed(seed)
+    target_device = _resolve_device(device)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    total = epochs * steps_per_epoch
+    start, end = round(ramp[0] * total), round(ramp[1] * total)
+    if end <= start:
+        raise ValueError(
+            f"ramp {ramp} covers no step of the {total} training steps; widen it or train longer"
+        )
+
+    def sparsity(step: int) -> float:
+        return cubic_sparsity(step, final=final, initial=initial_sparsity, start=start, end=end)
+
+    work = copy.deepcopy(model).to(target_device)
+    masker: _Masker = (
+        _UnitMasker(model, work, final, pairs, example_input)
+        if structured
+        else _WeightMasker(work, layers, scope, allow_collapse)
+    )
+    params = [p for p in work.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.SGD(
+        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+    )
+    history = DPFHistory()
+    was_training = work.training
+    step = 0
+    for epoch in range(epochs):
+        work.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for batch in train_loader:
+            if step % update_every == 0:
+                history.updates.append(masker.update(step, sparsity(step)))
+            rate = lr * lr_factor(schedule, step, total, epoch=epoch, epochs=epochs)  # type: ignore[arg-type]
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            x, y = _unpack(batch, target_device)
+            with masker.pruned():  # forward and backward at m ⊙ w ...
+                outputs = work(x)
+                value = loss(outputs, y)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"DPF training loss became {float(value)}; lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+            optimizer.step()  # ... and the step on the dense w
+            loss_sum += float(value.detach()) * len(y)
+            if outputs.ndim == 2 and not y.is_floating_point():
+                correct += int((outputs.detach().argmax(1) == y).sum())
+            seen += len(y)
+            step += 1
+        history.train_loss.append(loss_sum / seen)
+        history.train_accuracy.append(correct / seen)
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        if val_loader is not None:
+            numbers = masker.evaluate(val_loader, loss, target_device)
+            history.val_loss.append(numbers[0])
+            history.val_accuracy.append(numbers[1])
+    history.updates.append(masker.update(total, sparsity(total)))
+    work.train(was_training)
+    out, masks, report = masker.finish()
+    return DPFResult(out, masks, structured, float(target), history, report)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+
+
+class _Masker:
+    """What differs between the two forms: how masks are chosen, applied and made final."""
+
+    def update(self, step: int, sparsity: float) -> MaskUpdate:
+        raise NotImplementedError
+
+    def pruned(self) -> Any:
+        raise NotImplementedError
+
+    def finish(self) -> tuple[nn.Module, dict[str, torch.Tensor], CompressReport | None]:
+        raise NotImplementedError
+
+    def evaluate(
+        self, loader: Iterable[Any], loss: Loss, device: torch.device
+    ) -> tuple[float, float]:
+        """Mean loss and accuracy of the pruned model, in eval mode."""
+        model = self.model
+        was = model.training
+        model.eval()
+        total, correct, seen = 0.0, 0, 0
+        try:
+            with torch.no_grad(), self.pruned():
+                for batch in loader:
+                    x, y = _unpack(batch, device)
+                    outputs = model(x)
+                    total += float(loss(outputs, y)) * len(y)
+                    if outputs.ndim == 2 and not y.is_floating_point():
+                        correct += int((outputs.argmax(1) == y).sum())
+                    seen += len(y)
+        finally:
+            model.train(was)
+        if seen == 0:
+            raise ValueError("val_loader yielded no examples")
+        return total / seen, correct / seen
+
+    model: nn.Module
+
+
+class _WeightMasker(_Masker):
+    """Global (or per-layer) magnitude masks on the weights; applied by swapping the masked
+    values in for the forward and backward and the dense ones back before the optimiser step."""
+
+    def __init__(
+        self, work: nn.Module, layers: Sequence[str] | None, scope: str, allow_collapse: bool
+    ) -> None:
+        self.model = work
+        self.names = _layer_names(work, layers)
+        self.weights = {n: work.get_submodule(n).weight for n in self.names}
+        self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
+        self.scope = scope
+        self.allow_collapse = allow_collapse
+
+    def update(self, step: int, sparsity: float) -> MaskUpdate:
+        scores = {n: w.detach().abs() for n, w in self.weights.items()}
+        ones = {n: torch.ones_like(m) for n, m in self.masks.items()}
+        new = select_mask(
+            scores, ones, sparsity, scope=self.scope, allow_collapse=self.allow_collapse
+        )
+        record = _record(step, sparsity, self.masks.values(), new.values())
+        self.masks = new
+        return record
+
+    class _Swap:
+        def __init__(self, owner: _WeightMasker) -> None:
+            self.owner = owner
+            self.dense: dict[str, torch.Tensor] = {}
+
+        def __enter__(self) -> None:
+            with torch.no_grad():
+                for n, w in self.owner.weights.items():
+                    self.dense[n] = w.detach().clone()
+                    w.mul_(self.owner.masks[n])
+
+        def __exit__(self, *exc: object) -> None:
+            with torch.no_grad():
+                for n, w in self.owner.weights.items():
+                    w.copy_(self.dense[n])
+
+    def pruned(self) -> Any:
+        return _WeightMasker._Swap(self)
+
+    def finish(self) -> tuple[nn.Module, dict[str, torch.Tensor], CompressReport | None]:
+        out = copy.deepcopy(self.model)
+        for n in self.names:
+            torch_prune.custom_from_mask(out.get_submodule(n), "weight", self.masks[n])
+        return out, {n: m.detach().cpu().clone() for n, m in self.masks.items()}, None
+
+
+class _UnitMasker(_Masker):
+    """Per-pair unit masks by dense filter L2 norm. A masked unit is zeroed where its consumer
+    reads it (exactly what removing it does: every op between is channel-wise and maps 0 to 0),
+    through x + (m x - x).detach(), so its filter still gets the gradient of the pruned model."""
+
+    def __init__(
+        self,
+        original: nn.Module,
+        work: nn.Module,
+        target: float,
+        pairs: Sequence[PrunablePair] | None,
+        example_input: torch.Tensor | None,
+    ) -> None:
+        from coreprune.compress import compress
+
+        self.model = work
+        self.target = target
+        self.pairs = None if pairs is None else list(pairs)
+        self.example_input = example_input
+        plan = compress(
+            original, target=target, method="magnitude", pairs=self.pairs,
+            example_input=example_input, progress=False,
+        )  # fmt: skip
+        self.rows = [(r.producer, r.consumer, r.units_before, r.units_after) for r in plan.report]
+        consumers = [r[1] for r in self.rows]
+        if len(set(consumers)) != len(consumers):
+            raise ValueError(
+                "two pairs share a consumer; structured DPF needs one pair per consumer"
+            )
+        self.masks = {p: torch.ones(n, dtype=torch.bool) for p, _, n, _ in self.rows}
+
+    def update(self, step: int, sparsity: float) -> MaskUpdate:
+        progress = sparsity / self.target
+        new = {}
+        for producer, _, n, k in self.rows:
+            weight = self.model.get_submodule(producer).weight.detach()
+            norms = torch.linalg.vector_norm(weight.flatten(1).double(), dim=1).cpu()
+            drop = round(progress * (n - k))
+            keep = torch.ones(n, dtype=torch.bool)
+            keep[torch.sort(norms, stable=True).indices[:drop]] = False
+            new[producer] = keep
+        record = _record(step, sparsity, self.masks.values(), new.values())
+        self.masks = new
+        return record
+
+    def pruned(self) -> Any:
+        return _InputMasks(self.model, [(c, self.masks[p]) for p, c, _, _ in self.rows])
+
+    def finish(self) -> tuple[nn.Module, dict[str, torch.Tensor], CompressReport | None]:
+        from coreprune.compress import compress
+
+        example = None
+        if self.example_input is not None:
+            example = self.example_input.to(_device_of(self.model))
+        result = compress(
+            self.model, target=self.target, method=_KeepUnits(self.masks), pairs=self.pairs,
+            example_input=example, progress=False,
+        )  # fmt: skip
+        for row in result.report:
+            wanted = torch.nonzero(self.masks[row.producer]).flatten()
+            if row.keep is None or not torch.equal(row.keep.cpu(), wanted):
+                raise RuntimeError(
+                    f"compress kept other units of {row.producer!r} than DPF's final mask; "
+                    "the budget plan changed between the start and the end of training"
+                )
+        return result.model, {p: m.clone() for p, m in self.masks.items()}, result.report
+
+
+class _InputMasks:
+    """Forward pre-hooks zeroing masked units at each consumer's input, straight-through."""
+
+    def __init__(self, model: nn.Module, entries: Sequence[tuple[str, torch.Tensor]]) -> None:
+        self.model = model
+        self.entries = list(entries)
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> None:
+        for consumer, mask in self.entries:
+            module = self.model.get_submodule(consumer)
+            self.handles.append(module.register_forward_pre_hook(_mask_hook(module, mask)))
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+def _mask_hook(module: nn.Module, mask: torch.Tensor) -> Callable[..., Any]:
+    n = mask.numel()
+
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        m = mask.to(device=x.device, dtype=x.dtype)
+        if isinstance(module, nn.Conv2d):
+            m = m.view(1, n, *([1] * (x.ndim - 2)))
+        else:  # a Linear reads unit i through a block of in_features // n columns
+            m = m.repeat_interleave(x.shape[-1] // n)
+        return (x + (x * m - x).detach(), *args[1:])
+
+    return hook
+
+
+class _KeepUnits(Pruner):
+    """Unit scores that make `compress` keep exactly DPF's final units (kept: >= 1, masked:
+    <= 0.5, ties broken by filter norm)."""
+
+    name: ClassVar[str] = "dpf"
+
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks = masks
+
+    def weight_scores(
+        self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        raise TypeError("structured DPF's final mask scores units, not weights")
+
+    def unit_scores(
+        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        out = []
+        for pair, producer in zip(gates.pairs, gates.producers, strict=True):
+            norms = torch.linalg.vector_norm(producer.weight.detach().flatten(1).double(), dim=1)
+            tie = 0.5 * norms.cpu() / (float(norms.max()) + 1e-300)
+            out.append(self.masks[pair.producer].double() + tie)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _record(
+    step: int, sparsity: float, old: Iterable[torch.Tensor], new: Iterable[torch.Tensor]
+) -> MaskUpdate:
+    masked = reactivated = newly = 0
+    for before, after in zip(old, new, strict=True):
+        before, after = before.cpu(), after.cpu()
+        masked += int((~after).sum())
+        reactivated += int((~before & after).sum())
+        newly += int((before & ~after).sum())
+    return MaskUpdate(step, float(sparsity), masked, reactivated, newly)
+
+
+def _check(
+    model: object, loader: object, target: object, epochs: object, lr: object, structured: object,
+    update_every: object, initial: object, ramp: object, scope: object, schedule: object,
+    loss: object, seed: object,
+) -> float:  # fmt: skip
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not (isinstance(loader, Iterable) and isinstance(loader, Sized)):
+        raise TypeError(
+            f"train_loader must be a DataLoader (or a list of (inputs, labels) batches), got "
+            f"{type(loader).__name__}"
+        )
+    if len(loader) == 0:
+        raise ValueError("train_loader is empty")
+    if not isinstance(structured, bool):
+        raise TypeError(f"structured must be a bool, got {type(structured).__name__}")
+    value = _check_sparsity(target, "target")
+    if structured and value == 0:
+        raise ValueError("structured DPF needs target in (0, 1): the fraction of params to remove")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not (math.isfinite(lr) and lr > 0)
+    ):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+        raise ValueError(
+            f"update_every must be an int >= 1 (the paper uses 16), got {update_every!r}"
+        )
+    start_value = _check_sparsity(initial, "initial_sparsity")
+    if start_value > value:
+        raise ValueError(
+            f"initial_sparsity {start_value} exceeds target {value}; pass initial_sparsity <= target"
+        )
+    if not (isinstance(ramp, tuple) and len(ramp) == 2):
+        raise TypeError("ramp must be a (start, end) tuple of fractions of training")
+    a, b = ramp
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ramp):
+        raise TypeError("ramp must hold two numbers")
+    if not 0 <= a < b <= 1:
+        raise ValueError(f"ramp must satisfy 0 <= start < end <= 1, got {ramp}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if schedule not in ("cosine", "step", "constant"):
+        raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
+    if not callable(loss):
+        raise TypeError("loss must be callable as loss(outputs, labels)")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return value
+
+
+def _check_sparsity(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value}")
+    return float(value)
+
+
+def _layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    modules = dict(model.named_modules())
+    if layers is None:
+        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if not names:
+            raise ValueError("model has no nn.Linear or nn.Conv2d layer to prune")
+        return names
+    if isinstance(layers, str):
+        raise TypeError("layers must be a sequence of module names, not one string")
+    names = list(layers)
+    if not names:
+        raise ValueError("layers is empty; leave it None to prune every Linear and Conv2d")
+    for n in names:
+        if n not in modules or not isinstance(getattr(modules[n], "weight", None), nn.Parameter):
+            raise ValueError(f"layers: {n!r} is not a module with a weight parameter in this model")
+    return names
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a valid torch device") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or None")
+    return resolved
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def _unpack(batch: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+        raise TypeError("train_loader must yield (inputs, labels) batches")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("train_loader must yield tensors (inputs, labels)")
+    return x.to(device), y.to(device)

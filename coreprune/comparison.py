@@ -1,0 +1,421 @@
+"""The matched comparison: coreset vs baselines at the same budgets, with and without fine-tuning.
+
+For each model and seed, a dense model is trained (or loaded from the run folder), then every
+method compresses it to each target with the same surgery and the same uniform allocation, so
+all methods reach the *same architecture* (identical params and MACs), and each pruned model gets
+the same fine-tuning. Rows are appended to `results.csv` as they finish, so an interrupted run
+resumes where it stopped. `summarize` gives mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from coreprune.baselines import SNIP, Magnitude, Pruner, Random, SynFlow
+from coreprune.compress import compress
+from coreprune.data import make_loaders
+from coreprune.models import build_model
+from coreprune.serialization import load_model, save_model
+from coreprune.training import evaluate, fit, set_seed
+
+__all__ = [
+    "METHODS",
+    "CompareConfig",
+    "markdown_table",
+    "plot_summary",
+    "run_comparison",
+    "summarize",
+    "write_summary",
+]
+
+METHODS = ("coreset", "magnitude", "snip", "synflow", "random")
+FIELDS = (
+    "model", "seed", "method", "metric", "target", "achieved", "params_removed",
+    "prunable_params_removed", "macs_removed", "params_after", "macs_after", "dense_accuracy",
+    "pruned_accuracy", "finetuned_accuracy", "prune_seconds", "device",
+)  # fmt: skip
+
+
+@dataclass
+class CompareConfig:
+    """Everything a comparison run depends on; saved as config.json in the run folder."""
+
+    models: tuple[str, ...] = ("resnet20",)
+    methods: tuple[str, ...] = METHODS
+    targets: tuple[float, ...] = (0.5, 0.75, 0.9)
+    metrics: tuple[str, ...] = ("params", "macs")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    dataset: str = "fashion_mnist"
+    data_root: str | None = None
+    train_limit: int | None = 6000
+    test_limit: int | None = 2000
+    image_size: int | None = None  # None: 32 for VGG (five poolings), native otherwise
+    epochs: int = 3
+    lr: float = 0.05
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.01
+    batch_size: int = 128
+    calibration: int = 256  # training inputs spanning the coreset's query spaces
+    rank: int = 8
+    snip_batch: int = 128
+    synflow_rounds: int = 100
+    split_seed: int = 0
+    device: str = "auto"
+    out: str = "runs/compare"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.methods:
+            if name not in METHODS:
+                raise ValueError(f"methods: {name!r} is not one of {METHODS}")
+        for t in self.targets:
+            if not 0 < t < 1:
+                raise ValueError(f"targets must be fractions in (0, 1), got {t}")
+        for m in self.metrics:
+            if m not in ("params", "macs"):
+                raise ValueError(f"metrics must be 'params' or 'macs', got {m!r}")
+        if not self.models or not self.seeds or not self.methods or not self.targets:
+            raise ValueError("models, seeds, methods and targets must each name at least one")
+
+
+def run_comparison(
+    config: CompareConfig, *, log: Callable[[str], None] = print, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Run every (model, seed, metric, target, method) not already in results.csv; return all rows."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(config.device)
+    (out / "config.json").write_text(
+        json.dumps({**asdict(config), "machine": machine(device)}, indent=2) + "\n"
+    )
+    results = out / "results.csv"
+    rows = read_rows(results)
+    done = {_key(r) for r in rows}
+    for model_name in config.models:
+        loaders = _loaders(config, model_name)
+        test = _limited(loaders.test, config.test_limit)
+        example = next(iter(loaders.train))[0]
+        calibration = _calibration(loaders.train, config.calibration)
+        for seed in config.seeds:
+            dense, dense_acc = _dense(config, model_name, seed, loaders.train, test, device, log)
+            for metric in config.metrics:
+                for target in config.targets:
+                    for method in config.methods:
+                        key = (model_name, str(seed), method, metric, f"{target:g}")
+                        if key in done:
+                            continue
+                        row = _one_run(
+                            config, model_name, seed, method, metric, target, dense, dense_acc,
+                            loaders.train, test, example, calibration, device, progress,
+                        )  # fmt: skip
+                        _append(results, row)
+                        rows.append(row)
+                        done.add(key)
+                        log(
+                            f"{model_name} seed {seed} {metric} {target:g} {method:9s}: "
+                            f"pruned {row['pruned_accuracy']:.4f} fine-tuned "
+                            f"{row['finetuned_accuracy']:.4f} (dense {dense_acc:.4f}, "
+                            f"prune {row['prune_seconds']:.1f} s)"
+                        )
+    return rows
+
+
+def _one_run(
+    config: CompareConfig, model_name: str, seed: int, method: str, metric: str, target: float,
+    dense: nn.Module, dense_acc: float, train: DataLoader, test: DataLoader,
+    example: torch.Tensor, calibration: torch.Tensor, device: torch.device, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    set_seed(seed)
+    start = time.perf_counter()
+    kwargs: dict[str, Any] = {"target": target, "metric": metric, "progress": progress,
+                              "example_input": example[:2].to(device)}  # fmt: skip
+    if method == "coreset":
+        kwargs.update(calibration=calibration.to(device), rank=config.rank)
+    result = compress(dense, method=_pruner(config, method, train, seed), **kwargs)
+    seconds = time.perf_counter() - start
+    report = result.report
+    pruned = result.model
+    pruned_acc = evaluate(pruned, test, device=device)["accuracy"]
+    fit(pruned, train, epochs=config.finetune_epochs, lr=config.finetune_lr, device=device,
+        progress=progress, seed=seed)  # fmt: skip
+    tuned_acc = evaluate(pruned, test, device=device)["accuracy"]
+    return {
+        "model": model_name, "seed": seed, "method": method, "metric": metric, "target": target,
+        "achieved": report.achieved, "params_removed": report.params_removed,
+        "prunable_params_removed": report.prunable_params_removed,
+        "macs_removed": report.macs_removed, "params_after": report.params_after,
+        "macs_after": report.macs_after, "dense_accuracy": dense_acc,
+        "pruned_accuracy": pruned_acc, "finetuned_accuracy": tuned_acc,
+        "prune_seconds": seconds, "device": str(device),
+    }  # fmt: skip
+
+
+def _pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) -> str | Pruner:
+    if method == "coreset":
+        return "coreset"
+    if method == "magnitude":
+        return Magnitude()
+    if method == "snip":
+        return SNIP(train, batch_size=min(config.snip_batch, len(train.dataset)))  # type: ignore[arg-type]
+    if method == "synflow":
+        return SynFlow(rounds=config.synflow_rounds)
+    return Random(seed)
+
+
+def _dense(
+    config: CompareConfig, model_name: str, seed: int, train: DataLoader, test: DataLoader,
+    device: torch.device, log: Callable[[str], None],
+) -> tuple[nn.Module, float]:  # fmt: skip
+    """The trained dense model for (model, seed), cached in the run folder."""
+    folder = Path(config.out) / "dense" / f"{model_name}-seed{seed}"
+    info = folder / "accuracy.json"
+    if info.exists():
+        return load_model(folder).to(device), json.loads(info.read_text())["accuracy"]
+    set_seed(seed)
+    kwargs = _model_kwargs(config, model_name)
+    model = build_model(model_name, **kwargs).to(device)
+    start = time.perf_counter()
+    fit(model, train, epochs=config.epochs, lr=config.lr, device=device, progress=False,
+        seed=seed)  # fmt: skip
+    acc = evaluate(model, test, device=device)["accuracy"]
+    save_model(model.cpu(), folder, arch=model_name, arch_kwargs=kwargs)
+    info.write_text(json.dumps({"accuracy": acc, "seconds": time.perf_counter() - start}) + "\n")
+    log(f"{model_name} seed {seed}: dense test accuracy {acc:.4f} "
+        f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    return model.to(device), acc
+
+
+def _model_kwargs(config: CompareConfig, model_name: str) -> dict[str, Any]:
+    spec_channels = 1 if config.dataset in ("fashion_mnist", "mnist") else 3
+    classes = 100 if config.dataset == "cifar100" else 10
+    kwargs: dict[str, Any] = {"in_channels": spec_channels, "num_classes": classes}
+    if model_name == "lenet300100":
+        size = _image_size(config, model_name) or 28
+        return {"in_features": spec_channels * size * size, "num_classes": classes}
+    return kwargs
+
+
+def _image_size(config: CompareConfig, model_name: str) -> int | None:
+    if config.image_size is not None:
+        return config.image_size
+    return 32 if model_name.startswith("vgg") else None
+
+
+def _loaders(config: CompareConfig, model_name: str) -> Any:
+    return make_loaders(
+        config.dataset, config.data_root, batch_size=config.batch_size, seed=config.split_seed,
+        image_size=_image_size(config, model_name), limit=config.train_limit,
+    )  # fmt: skip
+
+
+def _limited(loader: DataLoader, limit: int | None) -> DataLoader:
+    dataset = loader.dataset
+    if limit is None or limit >= len(dataset):  # type: ignore[arg-type]
+        return loader
+    return DataLoader(Subset(dataset, range(limit)), batch_size=loader.batch_size)
+
+
+def _calibration(train: DataLoader, count: int) -> torch.Tensor:
+    """The first `count` (augmented) training inputs."""
+    xs: list[torch.Tensor] = []
+    for x, _ in train:
+        xs.append(x)
+        if sum(len(b) for b in xs) >= count:
+            break
+    return torch.cat(xs)[:count]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the hardware the numbers came from."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Results files
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    return (str(row["model"]), str(row["seed"]), str(row["method"]), str(row["metric"]),
+            f"{float(row['target']):g}")  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results.csv (numbers parsed), or [] if there is none yet."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(value: str) -> Any:
+    if value in ("", "None"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k) for k in FIELDS})
+
+
+# --------------------------------------------------------------------------------------------
+# Summary, table, plot
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds per (model, metric, target, method)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["metric"], float(r["target"]), r["method"]), []).append(r)
+    out = []
+    for (model, metric, target, method), group in sorted(groups.items(), key=_order):
+        entry: dict[str, Any] = {"model": model, "metric": metric, "target": target,
+                                 "method": method, "seeds": len(group)}  # fmt: skip
+        for col in ("dense_accuracy", "pruned_accuracy", "finetuned_accuracy", "params_removed",
+                    "macs_removed", "prune_seconds"):  # fmt: skip
+            values = [float(r[col]) for r in group if r[col] is not None]
+            entry[col] = statistics.fmean(values) if values else math.nan
+            entry[col + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def _order(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+    model, metric, target, method = item[0]
+    rank = METHODS.index(method) if method in METHODS else len(METHODS)
+    return (model, metric, target, rank, method)
+
+
+def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
+    """One row per (model, budget), one column pair per method: pruned | fine-tuned accuracy."""
+    methods = [m for m in METHODS if any(s["method"] == m for s in summary)]
+    methods += sorted({s["method"] for s in summary} - set(methods))
+    head = "| model | budget | removed (params / MACs) | dense | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---|" * (4 + len(methods))]
+    budgets: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for s in summary:
+        budgets.setdefault((s["model"], s["metric"], s["target"]), {})[s["method"]] = s
+    for (model, metric, target), by_method in budgets.items():
+        first = next(iter(by_method.values()))
+        best_tuned = max(v["finetuned_accuracy"] for v in by_method.values())
+        cells = []
+        for m in methods:
+            if m not in by_method:
+                cells.append("—")
+                continue
+            s = by_method[m]
+            tuned = _pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"])
+            if s["finetuned_accuracy"] == best_tuned:
+                tuned = f"**{tuned}**"
+            cells.append(f"{_pm(s['pruned_accuracy'], s['pruned_accuracy_std'])} → {tuned}")
+        removed = f"{100 * first['params_removed']:.1f}% / " + (
+            "—" if math.isnan(first["macs_removed"]) else f"{100 * first['macs_removed']:.1f}%"
+        )
+        lines.append(
+            f"| {model} | {100 * target:g}% {metric} | {removed} | "
+            f"{100 * first['dense_accuracy']:.2f} | " + " | ".join(cells) + " |"
+        )
+    lines.append("")
+    lines.append(
+        "Test accuracy (%) after pruning without fine-tuning → after the same fine-tuning, mean ± "
+        "std over seeds; the best fine-tuned accuracy of each budget in bold."
+    )
+    return "\n".join(lines)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> bool:
+    """Accuracy vs fraction removed, one line per method, one panel per (model, metric).
+
+    Returns False (and draws nothing) when matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = sorted({(s["model"], s["metric"]) for s in summary})
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7), squeeze=False)
+    for col, (model, metric) in enumerate(panels):
+        for row, (key, label) in enumerate((("pruned_accuracy", "no fine-tuning"),
+                                            ("finetuned_accuracy", "fine-tuned"))):  # fmt: skip
+            ax = axes[row][col]
+            for method in dict.fromkeys(s["method"] for s in summary):
+                pts = sorted((s["target"], s[key], s[key + "_std"]) for s in summary
+                             if s["model"] == model and s["metric"] == metric
+                             and s["method"] == method)  # fmt: skip
+                if pts:
+                    xs, ys, es = zip(*pts, strict=True)
+                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+            dense = [s["dense_accuracy"] for s in summary if s["model"] == model]
+            if dense:
+                ax.axhline(statistics.fmean(dense), color="gray", ls="--", lw=1, label="dense")
+            ax.set_title(f"{model}, matched {metric}, {label}", fontsize=9)
+            ax.set_xlabel(f"fraction of {metric} removed (target)")
+            ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> str:
+    """summary.csv, summary.md and summary.png in `out` from the per-run rows; returns the table."""
+    out = Path(out)
+    summary = summarize(rows)
+    if not summary:
+        raise ValueError(f"no results to summarise in {out}")
+    with (out / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    table = markdown_table(summary)
+    (out / "summary.md").write_text(table + "\n")
+    if not plot_summary(summary, out / "summary.png"):
+        print("matplotlib is not installed: no plot (pip install 'coreprune[plots]')")
+    return table
