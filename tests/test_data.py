@@ -436,3 +436,99 @@ def test_make_loaders_from_idx_folder(tmp_path: Path) -> None:
 def test_make_loaders_bad_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         make_loaders(**kwargs)
+
+
+# ---------------------------------------------------------------- gaps: files, augmentation, splits
+
+
+def test_mnist_truncated_file_in_folder_names_it(tmp_path: Path) -> None:
+    _write_mnist(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-784])  # one image short
+    with pytest.raises(ValueError, match="truncated") as info:
+        load_mnist(tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_idx_file_says_which_and_how(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte.*put the IDX files"):
+        load_mnist(tmp_path)
+    monkeypatch.setattr(mnist_module, "DEFAULT_FASHION_MNIST_ROOT", tmp_path)
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist()
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_make_loaders_needs_root_says_where(name: str) -> None:
+    with pytest.raises(ValueError, match=r"root=.*cs\.toronto\.edu"):
+        make_loaders(name)
+
+
+def test_augmentation_per_dataset() -> None:
+    def kinds(name: str, augment: bool) -> list[type]:
+        spec = DATASETS[name]
+        tf = build_transform(spec, image_size=spec.native_size, augment=augment)
+        return [type(t) for t in tf.transforms]
+
+    assert RandomHorizontalFlip not in kinds("mnist", True)  # a mirrored 3 is not a 3
+    assert RandomCrop in kinds("mnist", True)
+    for name in ("fashion_mnist", "cifar10", "cifar100"):
+        assert {RandomCrop, RandomHorizontalFlip} <= set(kinds(name, True))
+        assert not {RandomCrop, RandomHorizontalFlip} & set(kinds(name, False))
+    assert DATASETS["cifar10"].crop_padding == 4
+
+
+def test_make_loaders_from_cifar_pickles(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path)  # 15 train, 3 test images
+    torch.manual_seed(0)
+    loaders = make_loaders("cifar10", tmp_path, batch_size=4, val_fraction=0.2)
+    assert [len(loaders.train.dataset), len(loaders.val.dataset)] == [12, 3]
+    x, _ = next(iter(loaders.train))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    x_val, y_val = next(iter(loaders.val))
+    raw = load_cifar10(tmp_path)
+    _, val_idx = train_val_split(15, 0.2, seed=0)
+    spec = DATASETS["cifar10"]
+    mean = torch.tensor(spec.mean)[:, None, None]
+    std = torch.tensor(spec.std)[:, None, None]
+    expected = (raw.train_images[val_idx].float() / 255 - mean) / std
+    torch.testing.assert_close(x_val, expected)
+    assert torch.equal(y_val, raw.train_labels[val_idx])
+
+
+def test_make_loaders_reuses_a_saved_split(tmp_path: Path) -> None:
+    data = _synthetic()
+    train_idx, val_idx = train_val_split(100, 0.1, seed=9)
+    path = tmp_path / "split.json"
+    save_split(path, train_idx, val_idx)
+    for split in (path, (train_idx, val_idx)):
+        loaders = make_loaders("mnist", data=data, augment=False, split=split, seed=0)
+        assert torch.equal(loaders.val.dataset.labels, data.train_labels[val_idx])
+        assert len(loaders.train.dataset) == 90
+    other = make_loaders("mnist", data=data, seed=0)
+    assert not torch.equal(other.val.dataset.images, data.train_images[val_idx])
+
+
+@pytest.mark.parametrize(
+    ("split", "error", "match"),
+    [
+        ((torch.arange(50), torch.arange(50, 60)), ValueError, "cover 0..99"),
+        ((torch.arange(90), torch.arange(85, 95)), ValueError, "disjoint"),
+        ([torch.arange(90), torch.arange(90, 100)], TypeError, "split"),
+        ((torch.arange(90).reshape(9, 10), torch.arange(90, 100)), TypeError, "1-D"),
+    ],
+)
+def test_make_loaders_bad_split(split: object, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        make_loaders("mnist", data=_synthetic(), split=split)  # type: ignore[arg-type]
+
+
+def test_saved_split_of_another_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "split.json"
+    save_split(path, *train_val_split(50, 0.1, seed=0))
+    with pytest.raises(ValueError, match="covers 50 examples"):
+        make_loaders("mnist", data=_synthetic(), split=path)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .cifar import load_cifar10, load_cifar100
 from .mnist import load_fashion_mnist, load_mnist
 from .raw import ImageData
-from .splits import train_val_split
+from .splits import check_partition, load_split, train_val_split
 from .transforms import Compose, Normalize, PadTo, RandomCrop, RandomHorizontalFlip, ToFloat
 
 
@@ -70,11 +70,20 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+_WHERE = {
+    "mnist": "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...)",
+    "cifar10": "the CIFAR-10 python batches (the extracted cifar-10-batches-py folder of "
+    "cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "cifar100": "the CIFAR-100 python files (the extracted cifar-100-python folder of "
+    "cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html)",
+}
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None) -> ImageData:
     """Load the raw train/test tensors of a named dataset."""
     spec = dataset_spec(name)
     if root is None and spec.needs_root:
-        raise ValueError(f"dataset {name!r} needs root=, the folder holding its files")
+        raise ValueError(f"dataset {name!r} needs root=, the folder holding {_WHERE[name]}")
     return _LOADERS[name](root)
 
 
@@ -125,6 +134,29 @@ def build_transform(spec: DatasetSpec, *, image_size: int, augment: bool) -> Com
     return Compose(steps)
 
 
+def _given_split(
+    split: tuple[torch.Tensor, torch.Tensor] | str | os.PathLike[str], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A user-given split, checked to partition the ``n`` training examples."""
+    if isinstance(split, (str, os.PathLike)):
+        train_idx, val_idx = load_split(split)
+    elif isinstance(split, tuple) and len(split) == 2:
+        train_idx, val_idx = split
+        if not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in split):
+            raise TypeError("split must hold two 1-D index tensors (train_idx, val_idx)")
+        check_partition(train_idx.tolist(), val_idx.tolist(), n, "split")
+    else:
+        raise TypeError(
+            f"split must be (train_idx, val_idx) or a path from save_split, got {type(split).__name__}"
+        )
+    if len(train_idx) + len(val_idx) != n:
+        raise ValueError(
+            f"split covers {len(train_idx) + len(val_idx)} examples but the dataset's training "
+            f"set has {n}; use the split saved for this dataset"
+        )
+    return train_idx.long(), val_idx.long()
+
+
 class Loaders(NamedTuple):
     train: DataLoader
     val: DataLoader
@@ -152,6 +184,7 @@ def make_loaders(
     num_workers: int = 0,
     eval_batch_size: int | None = None,
     data: ImageData | None = None,
+    split: tuple[torch.Tensor, torch.Tensor] | str | os.PathLike[str] | None = None,
 ) -> Loaders:
     """Train (shuffled, augmented if ``augment``), validation and test loaders.
 
@@ -161,6 +194,9 @@ def make_loaders(
     - ``limit`` caps each of the three parts at that many examples (the first ones of the
       split, or of test), for quick runs.
     - ``data`` uses already-loaded tensors instead of reading ``root``.
+    - ``split``: a ``(train_idx, val_idx)`` pair or a file written by ``save_split`` to use
+      instead of the seeded split (to rerun on the split saved with earlier results);
+      ``val_fraction`` and ``seed`` are then ignored.
     """
     spec = dataset_spec(name)
     _check_positive_int(batch_size, "batch_size")
@@ -182,7 +218,10 @@ def make_loaders(
     elif not isinstance(data, ImageData):
         raise TypeError(f"data must be an ImageData, got {type(data).__name__}")
 
-    train_idx, val_idx = train_val_split(len(data.train_labels), val_fraction, seed)
+    if split is None:
+        train_idx, val_idx = train_val_split(len(data.train_labels), val_fraction, seed)
+    else:
+        train_idx, val_idx = _given_split(split, len(data.train_labels))
     test_idx = torch.arange(len(data.test_labels))
     if limit is not None:
         train_idx, val_idx, test_idx = train_idx[:limit], val_idx[:limit], test_idx[:limit]

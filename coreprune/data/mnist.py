@@ -21,11 +21,11 @@ _STEMS = {
 }
 
 
-def _find(root: Path, stem: str) -> Path:
+def _find(root: Path, stem: str, how_to_get: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"missing {stem}.gz (or {stem}) in {root}")
+    raise FileNotFoundError(f"missing {stem}.gz (or {stem}) in {root}; {how_to_get}")
 
 
 def _load_images(path: Path) -> torch.Tensor:
@@ -49,7 +49,7 @@ def _load_labels(path: Path) -> torch.Tensor:
 def _load_folder(root: Path, how_to_get: str) -> ImageData:
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist; {how_to_get}")
-    paths = {key: _find(root, stem) for key, stem in _STEMS.items()}
+    paths = {key: _find(root, stem, how_to_get) for key, stem in _STEMS.items()}
     data = {
         key: (_load_images if key.endswith("images") else _load_labels)(path)
         for key, path in paths.items()

@@ -53,7 +53,7 @@ def save_split(
 ) -> None:
     """Write a split as JSON (indices as plain lists), checked before writing."""
     n = len(train_idx) + len(val_idx)
-    _check_partition(train_idx.tolist(), val_idx.tolist(), n, str(path))
+    check_partition(train_idx.tolist(), val_idx.tolist(), n, str(path))
     payload = {
         "format": _FORMAT,
         "n": n,
@@ -75,11 +75,11 @@ def load_split(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor
     train, val, n = payload.get("train"), payload.get("val"), payload.get("n")
     if not isinstance(train, list) or not isinstance(val, list) or not isinstance(n, int):
         raise ValueError(f"{path}: 'train', 'val' must be lists and 'n' an int")
-    _check_partition(train, val, n, str(path))
+    check_partition(train, val, n, str(path))
     return torch.tensor(train, dtype=torch.int64), torch.tensor(val, dtype=torch.int64)
 
 
-def _check_partition(train: list[object], val: list[object], n: int, name: str) -> None:
+def check_partition(train: list[object], val: list[object], n: int, name: str) -> None:
     """Raise unless train and val are disjoint and together are exactly 0..n-1."""
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in train + val):
         raise ValueError(f"{name}: split indices must be integers")

@@ -25,6 +25,21 @@ def check_schedule(schedule: str, milestones: Sequence[float], gamma: float) -> 
     return marks
 
 
+def check_warmup(warmup_epochs: object, warmup_factor: object, epochs: int) -> None:
+    """Validate a constant warm-up: ``warmup_epochs`` in [0, epochs), factor in (0, 1]."""
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int):
+        raise TypeError(f"warmup_epochs must be an int, got {type(warmup_epochs).__name__}")
+    if not 0 <= warmup_epochs < epochs:
+        raise ValueError(
+            f"warmup_epochs must lie in [0, epochs={epochs}), got {warmup_epochs}; "
+            "use 0 for no warm-up"
+        )
+    if isinstance(warmup_factor, bool) or not isinstance(warmup_factor, (int, float)):
+        raise TypeError(f"warmup_factor must be a number, got {type(warmup_factor).__name__}")
+    if not 0.0 < warmup_factor <= 1.0:
+        raise ValueError(f"warmup_factor must lie in (0, 1], got {warmup_factor}")
+
+
 def lr_factor(
     schedule: Schedule,
     step: int,
@@ -34,6 +49,8 @@ def lr_factor(
     epochs: int,
     milestones: Sequence[float] = (0.5, 0.75),
     gamma: float = 0.1,
+    warmup_epochs: int = 0,
+    warmup_factor: float = 0.1,
 ) -> float:
     """Multiplier on the base rate at optimiser step ``step`` (0-based) of ``total_steps``.
 
@@ -41,7 +58,12 @@ def lr_factor(
     - step: ``gamma`` ** (number of milestones reached), per epoch; a milestone m is reached
       at epoch ``round(m * epochs)`` (0.5 and 0.75 of 160 epochs give 80 and 120).
     - constant: 1 (fine-tuning).
+
+    During the first ``warmup_epochs`` epochs the factor is ``warmup_factor`` instead: the
+    constant warm-up He et al. (2016) used for ResNet-110 (0.01 = 0.1 x 0.1 for ~400 steps).
     """
+    if epoch < warmup_epochs:
+        return warmup_factor
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
     if schedule == "step":
