@@ -117,6 +117,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", type=int, default=d.calibration)
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--synflow-rounds", type=int, default=d.synflow_rounds)
+    p.add_argument(
+        "--beyond-accuracy",
+        action="store_true",
+        help="also agreement with dense, accuracy under input noise, ECE",
+    )
     p.add_argument("--device", default=d.device)
     p.add_argument("--out", default=d.out)
 
@@ -129,7 +134,8 @@ def compare_config(a: argparse.Namespace) -> CompareConfig:
         test_limit=a.test_limit or None, image_size=a.image_size, epochs=a.epochs, lr=a.lr,
         finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
         batch_size=a.batch_size, calibration=a.calibration, rank=a.rank,
-        synflow_rounds=a.synflow_rounds, device=a.device, out=a.out,
+        synflow_rounds=a.synflow_rounds, beyond_accuracy=a.beyond_accuracy, device=a.device,
+        out=a.out,
     )  # fmt: skip
 
 
@@ -185,7 +191,9 @@ def _compress(a: argparse.Namespace) -> int:
     if a.finetune_epochs > 0:
         fit(result.model, loaders.train, epochs=a.finetune_epochs, lr=a.finetune_lr,
             device=device, seed=a.seed)  # fmt: skip
-        metrics["finetuned_accuracy"] = evaluate(result.model, loaders.test, device=device)["accuracy"]
+        metrics["finetuned_accuracy"] = evaluate(result.model, loaders.test, device=device)[
+            "accuracy"
+        ]
     (out / "report.md").write_text(result.report.to_markdown() + "\n")
     spec = json.loads((Path(a.model_dir) / ARCH_FILE).read_text())
     save_model(result.model.cpu(), out / "model", arch=spec["arch"],

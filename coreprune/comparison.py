@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from coreprune.baselines import SNIP, Magnitude, Pruner, Random, SynFlow
 from coreprune.compress import compress
 from coreprune.data import make_loaders
+from coreprune.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
 from coreprune.models import build_model
 from coreprune.serialization import load_model, save_model
 from coreprune.training import evaluate, fit, set_seed
@@ -48,6 +49,7 @@ FIELDS = (
     "model", "seed", "method", "metric", "target", "achieved", "params_removed",
     "prunable_params_removed", "macs_removed", "params_after", "macs_after", "dense_accuracy",
     "pruned_accuracy", "recalibrated_accuracy", "finetuned_accuracy", "prune_seconds", "device",
+    "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS),
 )  # fmt: skip
 
 
@@ -77,6 +79,7 @@ class CompareConfig:
     snip_batch: int = 128
     synflow_rounds: int = 100
     split_seed: int = 0
+    beyond_accuracy: bool = False  # agreement with dense, accuracy under noise, ECE (fine-tuned)
     device: str = "auto"
     out: str = "runs/compare"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -157,7 +160,12 @@ def _one_run(
     fit(pruned, train, epochs=config.finetune_epochs, lr=config.finetune_lr, device=device,
         progress=progress, seed=seed)  # fmt: skip
     tuned_acc = evaluate(pruned, test, device=device)["accuracy"]
-    return {
+    extra: dict[str, Any] = {}
+    if config.beyond_accuracy:
+        rep = robustness_report(pruned, dense, test, sigmas=DEFAULT_SIGMAS, seed=seed)
+        extra = {"agreement": rep["agreement"], "ece": rep["ece"]}
+        extra.update({f"noise_{s:g}": a for s, a in rep["noisy_accuracy"].items()})
+    return extra | {
         "model": model_name, "seed": seed, "method": method, "metric": metric, "target": target,
         "achieved": report.achieved, "params_removed": report.params_removed,
         "prunable_params_removed": report.prunable_params_removed,
@@ -340,7 +348,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"model": model, "metric": metric, "target": target,
                                  "method": method, "seeds": len(group)}  # fmt: skip
         for col in ("dense_accuracy", "pruned_accuracy", "recalibrated_accuracy",
-                    "finetuned_accuracy", "params_removed", "macs_removed", "prune_seconds"):  # fmt: skip
+                    "finetuned_accuracy", "params_removed", "macs_removed", "prune_seconds",
+                    "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS)):  # fmt: skip
             values = [float(r[col]) for r in group if r.get(col) is not None]
             entry[col] = statistics.fmean(values) if values else math.nan
             entry[col + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -392,6 +401,27 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
         "fine-tuned accuracy of each budget in bold. Every method has the same architecture, so "
         "the same params and MACs, at each budget."
     )
+    return "\n".join(lines)
+
+
+def beyond_accuracy_table(summary: Sequence[dict[str, Any]]) -> str:
+    """Fine-tuned accuracy next to agreement with the dense model, ECE and accuracy under
+    Gaussian input noise ("Lost in Pruning"), one row per (model, budget, method)."""
+    noise = [f"noise_{s:g}" for s in DEFAULT_SIGMAS]
+    head = ("| model | budget | method | accuracy | agreement | ECE | "
+            + " | ".join(f"acc @ σ={s:g}" for s in DEFAULT_SIGMAS) + " |")  # fmt: skip
+    lines = [head, "|" + "---|" * (6 + len(noise))]
+    for s in summary:
+        if math.isnan(s.get("agreement", math.nan)):
+            continue
+        cells = [_pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"]),
+                 _pm(s["agreement"], s["agreement_std"]), f"{s['ece']:.4f}"]  # fmt: skip
+        cells += [f"{100 * s[n]:.2f}" for n in noise]
+        lines.append(f"| {s['model']} | {100 * s['target']:g}% {s['metric']} | {s['method']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "After fine-tuning; mean (± std) over seeds; agreement = top-1 agreement with "
+              "the dense model on the test set; noise = Gaussian noise of std σ added to the "
+              "normalised inputs, the same noise for every method."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -450,6 +480,8 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> str:
         writer.writeheader()
         writer.writerows(summary)
     table = markdown_table(summary)
+    if any(not math.isnan(s.get("agreement", math.nan)) for s in summary):
+        table += "\n\n" + beyond_accuracy_table(summary)
     (out / "summary.md").write_text(table + "\n")
     if not plot_summary(summary, out / "summary.png"):
         print("matplotlib is not installed: no plot (pip install 'coreprune[plots]')")

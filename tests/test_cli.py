@@ -42,7 +42,7 @@ def test_compare_then_report_and_resume(tmp_path: Path, capsys: pytest.CaptureFi
     args = ["compare", "--models", "lenet300100", "--seeds", "0", "1", "--targets", "0.5",
             "--metrics", "params", "macs", "--train-limit", "96", "--test-limit", "64",
             "--epochs", "1", "--synflow-rounds", "3", "--calibration", "32", "--batch-size", "32",
-            "--out", str(out), "--threads", "1"]  # fmt: skip
+            "--out", str(out), "--threads", "1", "--beyond-accuracy"]  # fmt: skip
     assert main(args) == 0
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 * 2 * 5  # seeds x metrics x methods
@@ -51,6 +51,7 @@ def test_compare_then_report_and_resume(tmp_path: Path, capsys: pytest.CaptureFi
         by_budget.setdefault((r["seed"], r["metric"]), set()).add(r["params_after"])
     assert all(len(v) == 1 for v in by_budget.values())
     assert (out / "summary.md").exists() and (out / "summary.png").exists()
+    assert "agreement" in (out / "summary.md").read_text()
     assert main(args) == 0  # resumes: nothing new to run
     assert len(read_rows(out / "results.csv")) == len(rows)
     capsys.readouterr()
