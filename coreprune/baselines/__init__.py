@@ -1,4 +1,5 @@
-"""Baselines on the same budgets and surgery as the coreset: magnitude, SNIP, SynFlow, random.
+"""Baselines on the same budgets and surgery as the coreset: magnitude, SNIP, SynFlow, random,
+GraSP, the gradient-flow measures of Lubana & Dick, and early-bird detectors.
 
 Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scores (for
 `coreprune.compress(method=...)`, physical removal). Definitions: docs/baselines.md.
@@ -17,6 +18,15 @@ from .earlybird import (
     spline_grid,
 )
 from .gates import UnitGates
+from .gradflow import (
+    GRADFLOW_MEASURES,
+    GradFlow,
+    GradNormIncrease,
+    GradNormPreservation,
+    LossPreservation,
+    MagnitudeL2,
+)
+from .grasp import GraSP, class_balanced_batch, hessian_gradient
 from .magnitude import Magnitude
 from .masks import MaskResult, prune_weights, select_mask
 from .random_pruner import Random
@@ -26,10 +36,17 @@ from .synflow import SynFlow
 
 __all__ = [
     "BASELINES",
+    "GRADFLOW_MEASURES",
     "SNIP",
     "BNScale",
     "EarlyBird",
+    "GraSP",
+    "GradFlow",
+    "GradNormIncrease",
+    "GradNormPreservation",
+    "LossPreservation",
     "Magnitude",
+    "MagnitudeL2",
     "MaskResult",
     "Pruner",
     "Random",
@@ -38,6 +55,8 @@ __all__ = [
     "UnitGates",
     "bn_channel_mask",
     "bn_pairs",
+    "class_balanced_batch",
+    "hessian_gradient",
     "labelled_batch",
     "mask_distance",
     "partition_code",

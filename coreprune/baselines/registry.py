@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .base import Pruner
+from .gradflow import GradNormIncrease, GradNormPreservation, LossPreservation, MagnitudeL2
+from .grasp import GraSP
 from .magnitude import Magnitude
 from .random_pruner import Random
 from .snip import SNIP
@@ -15,8 +17,19 @@ BASELINES: dict[str, type[Pruner]] = {
     "snip": SNIP,
     "synflow": SynFlow,
     "random": Random,
+    "grasp": GraSP,
+    "magnitude_l2": MagnitudeL2,
+    "loss_preservation": LossPreservation,
+    "gradnorm_increase": GradNormIncrease,
+    "gradnorm_preservation": GradNormPreservation,
 }
-NEEDS_DATA = {"snip": "SNIP(loader)"}
+NEEDS_DATA = {
+    "snip": "SNIP(loader)",
+    "grasp": "GraSP(loader)",
+    "loss_preservation": "LossPreservation(loader)",
+    "gradnorm_increase": "GradNormIncrease(loader)",
+    "gradnorm_preservation": "GradNormPreservation(loader)",
+}
 
 
 def resolve_method(method: object) -> Pruner:

@@ -27,20 +27,21 @@ import copy
 import math
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+from tqdm.auto import tqdm
 
-from .base import Pruner
-from .gates import UnitGates
-from .masks import select_mask
-
-if TYPE_CHECKING:
-    from coreprune.compress import CompressReport
-    from coreprune.surgery.graph import PrunablePair
+from coreprune.baselines.base import Pruner
+from coreprune.baselines.gates import UnitGates
+from coreprune.baselines.masks import select_mask
+from coreprune.compress import CompressReport, compress
+from coreprune.surgery.graph import PrunablePair
+from coreprune.training import set_seed
+from coreprune.training.schedules import lr_factor
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
 
@@ -150,6 +151,7 @@ def dpf_train(
     val_loader: Iterable[Any] | None = None,
     device: str | torch.device | None = None,
     seed: int | None = None,
+    progress: bool = False,
 ) -> DPFResult:
     """Train a copy of `model` with DPF for `epochs` epochs and return the pruned model.
 
@@ -161,10 +163,9 @@ def dpf_train(
     structured mode the schedule counts units: pair i masks round(s_t / target * (n_i - k_i)) of
     its n_i units, k_i being compress's final count. SGD with `momentum`, `weight_decay` (on the
     dense weights) and `schedule` ("cosine", "step" or "constant", as in `fit`). `loss(outputs,
-    labels)` is the training loss. `model` is not modified.
+    labels)` is the training loss. `device` None: CUDA when available. `progress`: a bar over
+    the steps. `model` is not modified.
     """
-    from coreprune.training import set_seed
-    from coreprune.training.schedules import lr_factor
 
     final = _check(model, train_loader, target, epochs, lr, structured, update_every,
                   initial_sparsity, ramp, scope, schedule, loss, seed)  # fmt: skip
@@ -197,6 +198,7 @@ def dpf_train(
     history = DPFHistory()
     was_training = work.training
     step = 0
+    bar = tqdm(total=total, desc="DPF", unit="step", disable=not progress)
     for epoch in range(epochs):
         work.train()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -220,6 +222,7 @@ def dpf_train(
                 correct += int((outputs.detach().argmax(1) == y).sum())
             seen += len(y)
             step += 1
+            bar.update(1)
         history.train_loss.append(loss_sum / seen)
         history.train_accuracy.append(correct / seen)
         history.lr.append(optimizer.param_groups[0]["lr"])
@@ -227,6 +230,7 @@ def dpf_train(
             numbers = masker.evaluate(val_loader, loss, target_device)
             history.val_loss.append(numbers[0])
             history.val_accuracy.append(numbers[1])
+    bar.close()
     history.updates.append(masker.update(total, sparsity(total)))
     work.train(was_training)
     out, masks, report = masker.finish()
@@ -338,7 +342,6 @@ class _UnitMasker(_Masker):
         pairs: Sequence[PrunablePair] | None,
         example_input: torch.Tensor | None,
     ) -> None:
-        from coreprune.compress import compress
 
         self.model = work
         self.target = target
@@ -374,7 +377,6 @@ class _UnitMasker(_Masker):
         return _InputMasks(self.model, [(c, self.masks[p]) for p, c, _, _ in self.rows])
 
     def finish(self) -> tuple[nn.Module, dict[str, torch.Tensor], CompressReport | None]:
-        from coreprune.compress import compress
 
         example = None
         if self.example_input is not None:

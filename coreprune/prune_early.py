@@ -1,0 +1,334 @@
+"""Lubana & Dick's "prune early" protocol: prune in rounds during the first epochs of training,
+then train on (ICLR 2021, "A Gradient Flow Framework for Analyzing Network Pruning").
+
+The importance measures live in `coreprune.baselines.gradflow`; this module sits above
+`compress` and `training`, which it drives.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from coreprune.baselines.base import Pruner
+from coreprune.baselines.gradflow import _DATA_DRIVEN, GRADFLOW_MEASURES
+from coreprune.baselines.grasp import check_count
+from coreprune.baselines.registry import resolve_method
+from coreprune.compress import CompressReport, compress
+from coreprune.surgery.graph import PrunablePair
+from coreprune.training import TrainHistory, evaluate, fit, set_seed
+
+__all__ = [
+    "EARLY_SCHEDULES",
+    "PruneEarlyResult",
+    "RoundRecord",
+    "early_schedule",
+    "loss_and_grad_norm",
+    "prune_early",
+]
+
+EARLY_SCHEDULES = ("paper", "geometric")
+
+
+# --------------------------------------------------------------------------------------------
+# Prune early: alternate training and unit pruning, then train on
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One pruning round. `removed` is the cumulative fraction of the original model's params
+    gone after it. Probe/validation numbers are None when no probe/val_loader was given."""
+
+    round: int
+    epochs_trained: int
+    scheduled: float
+    round_target: float | None
+    params_before: int
+    params_after: int
+    removed: float
+    probe_loss_before: float | None
+    probe_loss_after: float | None
+    probe_grad_norm_before: float | None
+    probe_grad_norm_after: float | None
+    val_accuracy_before: float | None
+    val_accuracy_after: float | None
+    val_loss_before: float | None
+    val_loss_after: float | None
+    report: CompressReport | None
+
+
+@dataclass
+class PruneEarlyResult:
+    """The pruned, trained model (a new module), one record per round and the training logs."""
+
+    model: nn.Module
+    method: str
+    target: float
+    params_original: int
+    rounds: list[RoundRecord]
+    warmup: TrainHistory | None
+    between: list[TrainHistory] = field(default_factory=list)
+    final: TrainHistory | None = None
+
+    @property
+    def removed(self) -> float:
+        """Fraction of the original params removed in the end."""
+        return self.rounds[-1].removed if self.rounds else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"prune early ({self.method}): target {100 * self.target:g}% of params, "
+            f"removed {100 * self.removed:.2f}% in {len(self.rounds)} rounds"
+        ]
+        for r in self.rounds:
+            step = "skipped (already past the schedule)" if r.round_target is None else (
+                f"pruned {100 * r.round_target:.2f}% of the current params"
+            )  # fmt: skip
+            lines.append(
+                f"  round {r.round} after {r.epochs_trained} epochs: {step}; "
+                f"cumulative {100 * r.removed:.2f}% (schedule {100 * r.scheduled:.2f}%)"
+            )
+        return "\n".join(lines)
+
+
+MethodLike = str | Pruner | Callable[[DataLoader], Pruner]
+
+
+def early_schedule(target: float, rounds: int, kind: str = "paper") -> list[float]:
+    """Cumulative fraction of params removed after each round; the last entry is `target`.
+
+    "paper": R_k = k p / (k p + n (1 - p)), the schedule of the paper's code (each round removes
+    p / (k p + n (1 - p)) of what remains); "geometric": R_k = 1 - (1 - p)^(k / n), the same
+    fraction of what remains every round.
+    """
+    target = _fraction(target, "target")
+    rounds = check_count(rounds, "rounds")
+    if kind not in EARLY_SCHEDULES:
+        raise ValueError(f"schedule must be one of {EARLY_SCHEDULES}, got {kind!r}")
+    out = []
+    for k in range(1, rounds + 1):
+        if kind == "paper":
+            out.append(k * target / (k * target + rounds * (1 - target)))
+        else:
+            out.append(1 - (1 - target) ** (k / rounds))
+    out[-1] = target
+    return out
+
+
+def prune_early(
+    model: nn.Module,
+    train_loader: DataLoader,
+    method: MethodLike,
+    target: float,
+    *,
+    rounds: int = 5,
+    epochs_between: int = 1,
+    warmup_epochs: int = 0,
+    epochs_after: int = 0,
+    schedule: str = "paper",
+    lr: float = 0.1,
+    final_lr: float | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    allocation: str = "global",
+    val_loader: DataLoader | None = None,
+    probe: tuple[torch.Tensor, torch.Tensor] | None = None,
+    example_input: torch.Tensor | None = None,
+    pairs: Sequence[PrunablePair] | None = None,
+    method_options: dict[str, Any] | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+) -> PruneEarlyResult:
+    """Lubana & Dick's protocol: train `warmup_epochs`, then `rounds` times (train
+    `epochs_between` epochs at constant `lr`, score units, remove them with `coreprune.compress`
+    so that the cumulative params removed follow `early_schedule`), then train `epochs_after`
+    epochs (cosine from `final_lr`, default `lr`). The last round hits `target`.
+
+    `method`: a Pruner, a factory called with `train_loader` each round (fresh data per round,
+    as in the paper), or a name: one of GRADFLOW_MEASURES, "grasp" or "snip" (built each round
+    as cls(train_loader, **method_options)), or a data-free baseline name. `allocation` is compress's
+    ("global": one ranking across layers, as in the paper's code). `probe` (inputs, labels):
+    loss and gradient norm are measured on it before and after every pruning step, to check
+    what each measure preserves. `model` is not modified; SGD momentum restarts each round
+    (the paper's default). `seed` seeds every RNG once at the start.
+    """
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(train_loader, DataLoader):
+        raise TypeError(f"train_loader must be a DataLoader, got {type(train_loader).__name__}")
+    plan = early_schedule(target, rounds, schedule)
+    for value, name in ((epochs_between, "epochs_between"), (warmup_epochs, "warmup_epochs"),
+                        (epochs_after, "epochs_after")):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    make = _pruner_factory(method, method_options)
+    if probe is not None and not (
+        isinstance(probe, tuple)
+        and len(probe) == 2
+        and all(isinstance(t, torch.Tensor) for t in probe)
+    ):
+        raise TypeError("probe must be one (inputs, labels) pair of tensors")
+    if seed is not None:
+        set_seed(seed)
+    train = {"lr": lr, "momentum": momentum, "nesterov": False, "weight_decay": weight_decay}
+    work = copy.deepcopy(model)
+    original = _params(work)
+    result = PruneEarlyResult(work, _method_name(method), float(target), original, [], None)
+    if warmup_epochs:
+        result.warmup = fit(
+            work, train_loader, epochs=warmup_epochs, schedule="constant", progress=progress,
+            **train,
+        )  # fmt: skip
+    epochs = warmup_epochs
+    for k, scheduled in enumerate(plan, start=1):
+        if epochs_between:
+            history = fit(
+                work, train_loader, epochs=epochs_between, schedule="constant",
+                progress=progress, **train,
+            )  # fmt: skip
+            result.between.append(history)
+            epochs += epochs_between
+        before = _params(work)
+        round_target = 1 - (1 - scheduled) * original / before
+        loss_b, norm_b = _probe(work, probe)
+        val_b = None if val_loader is None else evaluate(work, val_loader)
+        report = None
+        if round_target > 1e-12:
+            pruner = make(train_loader)
+            example = None if example_input is None else example_input.to(_device(work))
+            pruned = compress(
+                work, target=round_target, method=pruner, allocation=allocation,
+                example_input=example, pairs=pairs, progress=progress,
+            )  # fmt: skip
+            work, report = pruned.model, pruned.report
+        loss_a, norm_a = _probe(work, probe)
+        val_a = None if val_loader is None else evaluate(work, val_loader)
+        after = _params(work)
+        record = RoundRecord(
+            round=k, epochs_trained=epochs, scheduled=scheduled,
+            round_target=round_target if report is not None else None,
+            params_before=before, params_after=after, removed=1 - after / original,
+            probe_loss_before=loss_b, probe_loss_after=loss_a,
+            probe_grad_norm_before=norm_b, probe_grad_norm_after=norm_a,
+            val_accuracy_before=None if val_b is None else val_b["accuracy"],
+            val_accuracy_after=None if val_a is None else val_a["accuracy"],
+            val_loss_before=None if val_b is None else val_b["loss"],
+            val_loss_after=None if val_a is None else val_a["loss"], report=report,
+        )  # fmt: skip
+        result.rounds.append(record)
+    if epochs_after:
+        result.final = fit(
+            work, train_loader, epochs=epochs_after, lr=lr if final_lr is None else final_lr,
+            momentum=momentum, nesterov=False, weight_decay=weight_decay, schedule="cosine",
+            val_loader=val_loader, progress=progress,
+        )  # fmt: skip
+    result.model = work
+    if result.removed < target - 1e-9:
+        warnings.warn(
+            f"prune_early removed {result.removed:.4f} of the params, short of target {target}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
+
+
+def loss_and_grad_norm(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[float, float]:
+    """Cross-entropy and ||dL/dtheta||_2 over all trainable params, in eval mode; the model's
+    gradients and mode are left as they were."""
+    was = model.training
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = _device(model)
+    x, y = batch
+    try:
+        loss = F.cross_entropy(model(x.to(device)), y.to(device))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        model.train(was)
+    norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+    return float(loss.detach()), norm
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _pruner_factory(
+    method: object, options: dict[str, Any] | None
+) -> Callable[[DataLoader], Pruner]:
+    if options is not None and not (isinstance(method, str) and method in _DATA_DRIVEN):
+        raise ValueError(
+            f"method_options apply to a data-driven method named by string "
+            f"({sorted(_DATA_DRIVEN)}); for anything else build the Pruner yourself"
+        )
+    kwargs = dict(options or {})
+    if isinstance(method, Pruner):
+        return lambda _loader: method
+    if isinstance(method, str):
+        if method in _DATA_DRIVEN:
+            cls = _DATA_DRIVEN[method]
+            return lambda loader: cls(loader, **kwargs)
+        if method in GRADFLOW_MEASURES:
+            return lambda _loader: GRADFLOW_MEASURES[method]()
+
+        pruner = resolve_method(method)  # raises for unknown names
+        return lambda _loader: pruner
+    if callable(method):
+
+        def build(loader: DataLoader) -> Pruner:
+            pruner = method(loader)
+            if not isinstance(pruner, Pruner):
+                raise TypeError(f"method(loader) must return a Pruner, got {type(pruner).__name__}")
+            return pruner
+
+        return build
+    raise TypeError(
+        f"method must be a name, a Pruner or a callable loader -> Pruner, got {type(method).__name__}"
+    )
+
+
+def _method_name(method: object) -> str:
+    if isinstance(method, str):
+        return method
+    if isinstance(method, Pruner):
+        return method.name
+    return getattr(method, "__name__", "custom")
+
+
+def _fraction(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not 0 < value < 1:
+        raise ValueError(
+            f"{name} must be a fraction in (0, 1) of the params to remove, got {value}"
+        )
+    return float(value)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def _probe(
+    model: nn.Module, probe: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[float | None, float | None]:
+    if probe is None:
+        return None, None
+    return loss_and_grad_norm(model, probe)
