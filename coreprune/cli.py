@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from coreprune.baselines import SNIP, Magnitude, Random, SynFlow
 from coreprune.comparison import (
     METHODS,
     CompareConfig,
     machine,
+    make_pruner,
     read_rows,
     run_comparison,
     write_summary,
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     budget = comp.add_mutually_exclusive_group(required=True)
     budget.add_argument("--target", type=float, help="fraction of params/MACs to remove")
     budget.add_argument("--eps", type=float, help="per-layer certificate target (coreset only)")
-    comp.add_argument("--method", default="coreset", choices=METHODS)
+    comp.add_argument("--method", default="coreset", choices=[m for m in METHODS if m != "dpf"])
     comp.add_argument("--mode", default="select", choices=("select", "sample"))
     comp.add_argument("--metric", default="params", choices=("params", "macs"))
     comp.add_argument("--allocation", default="uniform", choices=("uniform", "global"))
@@ -178,7 +178,7 @@ def _compress(a: argparse.Namespace) -> int:
         kwargs.pop("metric"), kwargs.pop("allocation")
     else:
         kwargs.update(target=a.target)
-    method = _method(a.method, loaders.train, a.seed)
+    method = make_pruner(CompareConfig(), a.method, loaders.train, a.seed)
     dense_acc = evaluate(model, loaders.test, device=device)["accuracy"]
     result = compress(model, method=method, generator=torch.Generator().manual_seed(a.seed),
                       **kwargs)  # fmt: skip
@@ -248,13 +248,6 @@ def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         size = a.image_size or (28 if channels == 1 else 32)
         return {"in_features": channels * size * size, "num_classes": classes}
     return {"in_channels": channels, "num_classes": classes}
-
-
-def _method(name: str, train: Any, seed: int) -> Any:
-    if name == "snip":
-        return SNIP(train, batch_size=min(128, len(train.dataset)))
-    return {"coreset": "coreset", "magnitude": Magnitude(), "random": Random(seed),
-            "synflow": SynFlow()}[name]  # fmt: skip
 
 
 def _first(loader: Any, count: int) -> torch.Tensor:

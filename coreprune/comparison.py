@@ -26,17 +26,33 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from coreprune.baselines import SNIP, Magnitude, Pruner, Random, SynFlow
+from coreprune.baselines import (
+    SNIP,
+    BNScale,
+    GradNormIncrease,
+    GradNormPreservation,
+    GraSP,
+    LossPreservation,
+    Magnitude,
+    MagnitudeL2,
+    Pruner,
+    Random,
+    SynFlow,
+)
 from coreprune.compress import compress
 from coreprune.data import make_loaders
+from coreprune.dpf import dpf_train
 from coreprune.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
 from coreprune.models import build_model
 from coreprune.serialization import load_model, save_model
 from coreprune.training import evaluate, fit, set_seed
 
 __all__ = [
+    "CORE_METHODS",
     "METHODS",
+    "MORE_METHODS",
     "CompareConfig",
+    "make_pruner",
     "markdown_table",
     "plot_summary",
     "run_comparison",
@@ -44,7 +60,13 @@ __all__ = [
     "write_summary",
 ]
 
-METHODS = ("coreset", "magnitude", "snip", "synflow", "random")
+CORE_METHODS = ("coreset", "magnitude", "snip", "synflow", "random")
+# The neighbouring methods (docs/baselines.md): one-shot unit scores on the trained model, plus
+# DPF, which replaces fine-tuning by the same number of epochs of dynamic pruning from the dense
+# model, and bn_scale, the early-bird / network-slimming channel criterion (|gamma|).
+MORE_METHODS = ("grasp", "magnitude_l2", "loss_preservation", "gradnorm_preservation",
+                "gradnorm_increase", "bn_scale", "dpf")  # fmt: skip
+METHODS = CORE_METHODS + MORE_METHODS
 FIELDS = (
     "model", "seed", "method", "metric", "target", "achieved", "params_removed",
     "prunable_params_removed", "macs_removed", "params_after", "macs_after", "dense_accuracy",
@@ -60,7 +82,7 @@ class CompareConfig:
     # The defaults are the quick main job (a few minutes on 2 CPU cores); the committed results
     # use 3 seeds and targets 0.5 / 0.75 / 0.9 (benchmarks/results/compare/).
     models: tuple[str, ...] = ("resnet20",)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = CORE_METHODS
     targets: tuple[float, ...] = (0.5, 0.9)
     metrics: tuple[str, ...] = ("params",)
     seeds: tuple[int, ...] = (0,)
@@ -122,8 +144,8 @@ def run_comparison(
                 for target in config.targets:
                     for method in config.methods:
                         key = (model_name, str(seed), method, metric, f"{target:g}")
-                        if key in done:
-                            continue
+                        if key in done or (method == "dpf" and metric != "params"):
+                            continue  # done before, or DPF (which budgets params only)
                         row = _one_run(
                             config, model_name, seed, method, metric, target, dense, dense_acc,
                             loaders.train, test, example, calibration, device, progress,
@@ -147,18 +169,29 @@ def _one_run(
 ) -> dict[str, Any]:  # fmt: skip
     set_seed(seed)
     start = time.perf_counter()
-    kwargs: dict[str, Any] = {"target": target, "metric": metric, "progress": progress,
-                              "example_input": example[:2].to(device)}  # fmt: skip
-    if method == "coreset":
-        kwargs.update(calibration=calibration.to(device), rank=config.rank)
-    result = compress(dense, method=_pruner(config, method, train, seed), **kwargs)
-    seconds = time.perf_counter() - start
-    report = result.report
-    pruned = result.model
-    pruned_acc = evaluate(pruned, test, device=device)["accuracy"]
-    recal_acc = evaluate(recalibrated_copy(pruned, train, device), test, device=device)["accuracy"]
-    fit(pruned, train, epochs=config.finetune_epochs, lr=config.finetune_lr, device=device,
-        progress=progress, seed=seed)  # fmt: skip
+    if method == "dpf":
+        if metric != "params":
+            raise ValueError("dpf budgets params only; run it with metrics=('params',)")
+        dpf = dpf_train(dense, train, target=target, epochs=config.finetune_epochs,
+                        lr=config.finetune_lr, structured=True, example_input=example[:2],
+                        device=device, seed=seed)  # fmt: skip
+        assert dpf.report is not None
+        report, pruned = dpf.report, dpf.model
+        seconds = time.perf_counter() - start
+        pruned_acc = recal_acc = math.nan  # DPF prunes while it trains: no one-shot model
+    else:
+        kwargs: dict[str, Any] = {"target": target, "metric": metric, "progress": progress,
+                                  "example_input": example[:2].to(device)}  # fmt: skip
+        if method == "coreset":
+            kwargs.update(calibration=calibration.to(device), rank=config.rank)
+        result = compress(dense, method=make_pruner(config, method, train, seed), **kwargs)
+        seconds = time.perf_counter() - start
+        report, pruned = result.report, result.model
+        pruned_acc = evaluate(pruned, test, device=device)["accuracy"]
+        recalibrated = recalibrated_copy(pruned, train, device)
+        recal_acc = evaluate(recalibrated, test, device=device)["accuracy"]
+        fit(pruned, train, epochs=config.finetune_epochs, lr=config.finetune_lr, device=device,
+            progress=progress, seed=seed)  # fmt: skip
     tuned_acc = evaluate(pruned, test, device=device)["accuracy"]
     extra: dict[str, Any] = {}
     if config.beyond_accuracy:
@@ -202,7 +235,8 @@ def recalibrated_copy(
     return work.eval()
 
 
-def _pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) -> str | Pruner:
+def make_pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) -> str | Pruner:
+    """The scoring rule a method name stands for in the comparison ("coreset" stays a name)."""
     if method == "coreset":
         return "coreset"
     if method == "magnitude":
@@ -211,7 +245,20 @@ def _pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) ->
         return SNIP(train, batch_size=min(config.snip_batch, len(train.dataset)))  # type: ignore[arg-type]
     if method == "synflow":
         return SynFlow(rounds=config.synflow_rounds)
-    return Random(seed)
+    if method == "random":
+        return Random(seed)
+    if method == "bn_scale":
+        return BNScale()
+    if method == "magnitude_l2":
+        return MagnitudeL2()
+    if method == "grasp":
+        return GraSP(train)  # 10 examples per class, temperature 200, as in the paper
+    flows = {"loss_preservation": LossPreservation, "gradnorm_preservation": GradNormPreservation,
+             "gradnorm_increase": GradNormIncrease}  # fmt: skip
+    if method in flows:  # a smaller sample than the measures' default 2560, to fit the CPU budget
+        size = min(512, len(train.dataset))  # type: ignore[arg-type]
+        return flows[method](train, samples=size, samples_per_class=None)
+    raise ValueError(f"unknown method {method!r}")
 
 
 def _dense(
@@ -385,7 +432,7 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
             if s["finetuned_accuracy"] == best_tuned:
                 tuned = f"**{tuned}**"
             cells.append(
-                f"{100 * s['pruned_accuracy']:.1f} / {100 * s['recalibrated_accuracy']:.1f} → {tuned}"
+                f"{_pct(s['pruned_accuracy'])} / {_pct(s['recalibrated_accuracy'])} → {tuned}"
             )
         removed = f"{100 * first['params_removed']:.1f}% / " + (
             "—" if math.isnan(first["macs_removed"]) else f"{100 * first['macs_removed']:.1f}%"
@@ -423,6 +470,10 @@ def beyond_accuracy_table(summary: Sequence[dict[str, Any]]) -> str:
               "the dense model on the test set; noise = Gaussian noise of std σ added to the "
               "normalised inputs, the same noise for every method."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "—" if math.isnan(value) else f"{100 * value:.1f}"
 
 
 def _pm(mean: float, std: float) -> str:

@@ -65,3 +65,16 @@ def test_compare_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="methods"):
         CompareConfig(methods=("magic",))
     torch.manual_seed(0)
+
+
+def test_compare_accepts_the_neighbouring_methods(tmp_path: Path) -> None:
+    out = tmp_path / "more"
+    methods = ["grasp", "magnitude_l2", "loss_preservation", "gradnorm_increase",
+               "gradnorm_preservation", "bn_scale", "dpf"]  # fmt: skip
+    args = ["compare", "--models", "resnet20", "--seeds", "0", "--targets", "0.5",
+            "--metrics", "params", "--train-limit", "256", "--test-limit", "32", "--epochs", "1",
+            "--batch-size", "64", "--out", str(out), "--threads", "1", "--methods", *methods]  # fmt: skip
+    assert main(args) == 0
+    rows = read_rows(out / "results.csv")
+    assert sorted(r["method"] for r in rows) == sorted(methods)
+    assert len({r["params_after"] for r in rows}) == 1  # one architecture for every method
