@@ -11,7 +11,7 @@ Two detectors, both usable as `coreprune.training.fit(..., on_epoch_end=detector
 
 `BNScale` scores units by |gamma| for `coreprune.compress`, and `train_early_bird` ties it all
 together: train until the ticket is drawn, remove the masked channels physically, and train the
-small network for the remaining epochs. Adaptations are listed in docs/earlybird_and_metrics.md.
+small network for the remaining epochs. Adaptations are listed in docs/baselines.md.
 """
 
 from __future__ import annotations
