@@ -136,6 +136,7 @@ def run_comparison(
     for model_name in config.models:
         loaders = _loaders(config, model_name)
         test = _limited(loaders.test, config.test_limit)
+        set_seed(config.split_seed)  # the same calibration inputs on every rerun
         example = next(iter(loaders.train))[0]
         calibration = _calibration(loaders.train, config.calibration)
         for seed in config.seeds:
