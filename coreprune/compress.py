@@ -766,6 +766,11 @@ class _Planner:
             return _Choice(torch.zeros(1, dtype=torch.long), _ones(1), None, note)
         if nonzero.numel() < n:
             notes.append(f"{n - nonzero.numel()} all-zero units (output exactly 0) removed first")
+        if any("max" in kind for kind in pair.pooling):
+            notes.append(
+                "max pooling between the layers: eps covers the map before pooling only, not "
+                "the pooled network (docs/theory.md §8)"
+            )
         if count is not None and count > nonzero.numel():
             notes.append(f"budget allowed {count} units, only {nonzero.numel()} are non-zero")
             count = nonzero.numel()

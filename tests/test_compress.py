@@ -368,3 +368,10 @@ def test_fast_independent_sensitivities_match_the_general_path() -> None:
     assert fast.per_next[1 * 9 :, 2].sum() > 0 and torch.all(fast.per_next[9:18, 2] == 0)
     wide = nn.Conv2d(1, 12, 3)  # 12 units in R^10: dependent, so the fast path declines
     assert _fast_sensitivities(wide, None, nn.Conv2d(12, 2, 1), None) is None
+
+
+def test_max_pooling_between_layers_is_flagged_in_the_report() -> None:
+    result = compress(_model("lenet5"), target=0.5, progress=False)
+    notes = {row.producer: row.note for row in result.report}
+    assert "max pooling" in notes["features.0"] and "max pooling" in notes["features.3"]
+    assert "max pooling" not in notes["classifier.0"]

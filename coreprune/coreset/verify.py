@@ -97,7 +97,7 @@ def adversarial_search(
     keep_w = 1.0 - result.weights
 
     def objective(zz: torch.Tensor) -> torch.Tensor:
-        y = torch.cat([zz, torch.ones(zz.shape[0], 1, dtype=zz.dtype)], dim=1)
+        y = torch.cat([zz, torch.ones(zz.shape[0], 1, dtype=zz.dtype, device=zz.device)], dim=1)
         pre = y @ units_q.T
         diff = (result.activation(pre) * keep_w) @ reading.T
         env = (pre.abs() @ reading.abs().T).clamp_min(1e-300)
@@ -147,7 +147,7 @@ def _starting_points(
         x = result.query.project(starts.to(torch.float64))
         lift = result.query.lifting(x.device)
         coords = torch.linalg.lstsq(
-            lift, torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1).T
+            lift, torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], 1).T
         ).solution.T
         points.append(coords[:, :-1] / coords[:, -1:])
     pruned = torch.nonzero(result.weights == 0).flatten()
@@ -159,7 +159,7 @@ def _starting_points(
         last = ys[:, -1:]
         ok = last.abs().flatten() > 1e-12
         points.append(ys[ok, :-1] / last[ok])
-    rand = torch.randn(restarts, rank, dtype=torch.float64, generator=generator)
+    rand = torch.randn(restarts, rank, dtype=torch.float64, generator=generator)  # CPU generator
     scales = torch.logspace(-1, 1, restarts, dtype=torch.float64)[:, None]
-    points.append(rand * scales)
+    points.append((rand * scales).to(units_q.device))
     return torch.cat(points)[: max(restarts, 1) + (0 if starts is None else starts.shape[0])]
