@@ -108,7 +108,7 @@ def test_synflow_conservation_on_a_bias_free_network_with_eval_batch_norm() -> N
     synflow = SynFlow(input_shape=(2, 6, 6))
     names = ["0", "3", "7"]
     scores = synflow.weight_scores(net, names, None)
-    r = float(synflow.flow(synflow.linearised(net), None))
+    r = float(synflow.flow(synflow.linearised(net), None).detach())
     for name in names:  # every layer carries the whole flow R
         assert math.isclose(float(scores[name].sum()), r, rel_tol=1e-10)
     pairs, _ = find_prunable_pairs(net)
