@@ -429,7 +429,7 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
                 cells.append("—")
                 continue
             s = by_method[m]
-            tuned = _pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"])
+            tuned = _pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"], s["seeds"])
             if s["finetuned_accuracy"] == best_tuned:
                 tuned = f"**{tuned}**"
             cells.append(
@@ -462,8 +462,8 @@ def beyond_accuracy_table(summary: Sequence[dict[str, Any]]) -> str:
     for s in summary:
         if math.isnan(s.get("agreement", math.nan)):
             continue
-        cells = [_pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"]),
-                 _pm(s["agreement"], s["agreement_std"]), f"{s['ece']:.4f}"]  # fmt: skip
+        cells = [_pm(s["finetuned_accuracy"], s["finetuned_accuracy_std"], s["seeds"]),
+                 _pm(s["agreement"], s["agreement_std"], s["seeds"]), f"{s['ece']:.4f}"]  # fmt: skip
         cells += [f"{100 * s[n]:.2f}" for n in noise]
         lines.append(f"| {s['model']} | {100 * s['target']:g}% {s['metric']} | {s['method']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
@@ -477,8 +477,9 @@ def _pct(value: float) -> str:
     return "—" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+def _pm(mean: float, std: float, seeds: int) -> str:
+    """Mean ± std in percent; just the mean for a single seed (no spread was measured)."""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
 
 
 def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> bool:
