@@ -65,7 +65,7 @@ class SynFlow(Pruner):
         r = model(ones).sum()
         if not torch.isfinite(r):
             raise FloatingPointError(
-                f"SynFlow's R is {float(r)} in {self.dtype}: the product of |weights| overflowed; "
+                f"SynFlow's R is {float(r.detach())} in {self.dtype}: the product of |weights| overflowed; "
                 "use dtype=torch.float64 (the default)"
             )
         return r
@@ -76,7 +76,10 @@ class SynFlow(Pruner):
         work = self.linearised(model)
         weights = [work.get_submodule(n).weight for n in names]
         grads = torch.autograd.grad(self.flow(work, example_input), weights)
-        return {n: (w.detach() * g).abs().double() for n, w, g in zip(names, weights, grads, strict=True)}
+        return {
+            n: (w.detach() * g).abs().double()
+            for n, w, g in zip(names, weights, grads, strict=True)
+        }
 
     def unit_scores(
         self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
