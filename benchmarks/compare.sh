@@ -5,7 +5,7 @@
 # --train-limit/--epochs/--finetune-epochs and add --models resnet56 vgg11 vgg16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -u examples/compare_baselines.py --models resnet20 --metrics params \
+python -u examples/compare_baselines.py --models resnet20 --metrics params macs \
     --targets 0.5 0.75 0.9 --seeds 0 1 2 --train-limit 4000 --test-limit 2000 --epochs 3 \
     --finetune-epochs 1 --threads 2 --out runs/compare_resnet20
 python -u examples/compare_baselines.py --models resnet20 --metrics params --targets 0.5 \

@@ -88,10 +88,10 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0,)
     dataset: str = "fashion_mnist"
     data_root: str | None = None
-    train_limit: int | None = 2000
-    test_limit: int | None = 1000
+    train_limit: int | None = 4000
+    test_limit: int | None = 2000
     image_size: int | None = None  # None: 32 for VGG (five poolings), native otherwise
-    epochs: int = 2
+    epochs: int = 3
     lr: float = 0.05
     finetune_epochs: int = 1
     finetune_lr: float = 0.01
