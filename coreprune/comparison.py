@@ -375,6 +375,16 @@ def _parse(value: str) -> Any:
 
 def _append(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(FIELDS):  # written by an older version: rewrite under today's columns
+            with path.open(newline="") as f:
+                old = list(csv.DictReader(f))
+            with path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=FIELDS)
+                writer.writeheader()
+                writer.writerows({k: r.get(k) for k in FIELDS} for r in old)
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         if new:

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from coreprune.comparison import markdown_table, recalibrated_copy, summarize
+from coreprune.comparison import (
+    FIELDS,
+    _append,
+    markdown_table,
+    read_rows,
+    recalibrated_copy,
+    summarize,
+)
 
 
 def test_recalibration_re_estimates_running_stats_on_a_copy() -> None:
@@ -42,3 +50,17 @@ def test_summary_means_and_stds_over_seeds() -> None:
     assert math.isclose(coreset["pruned_accuracy_std"], math.sqrt(0.02))
     table = markdown_table(summary)
     assert "**70.00 ± 14.14**" in table and "| m | 50% params | 50.0% / 40.0% | 90.00 |" in table
+
+
+def test_results_written_by_an_older_version_are_rewritten_under_todays_columns(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "results.csv"
+    old = list(FIELDS[:5])
+    path.write_text(",".join(old) + "\nresnet20,0,coreset,params,0.5\n")
+    _append(path, {"model": "resnet20", "seed": 1, "method": "random", "metric": "macs",
+                   "target": 0.9, "agreement": 0.8})  # fmt: skip
+    rows = read_rows(path)
+    assert [r["method"] for r in rows] == ["coreset", "random"]
+    assert rows[0]["agreement"] is None and rows[1]["agreement"] == 0.8
+    assert all(None not in r for r in rows)
