@@ -19,6 +19,7 @@ import torch
 from coreprune.comparison import (
     METHODS,
     CompareConfig,
+    first_inputs,
     machine,
     make_pruner,
     read_rows,
@@ -172,7 +173,9 @@ def _compress(a: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"example_input": example[:2].to(device), "metric": a.metric,
                               "allocation": a.allocation, "mode": a.mode}  # fmt: skip
     if a.method == "coreset" and a.calibration > 0:
-        kwargs.update(calibration=_first(loaders.train, a.calibration).to(device), rank=a.rank)
+        kwargs.update(
+            calibration=first_inputs(loaders.train, a.calibration).to(device), rank=a.rank
+        )
     if a.eps is not None:
         kwargs.update(eps=a.eps)
         kwargs.pop("metric"), kwargs.pop("allocation")
@@ -248,15 +251,6 @@ def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         size = a.image_size or (28 if channels == 1 else 32)
         return {"in_features": channels * size * size, "num_classes": classes}
     return {"in_channels": channels, "num_classes": classes}
-
-
-def _first(loader: Any, count: int) -> torch.Tensor:
-    xs: list[torch.Tensor] = []
-    for x, _ in loader:
-        xs.append(x)
-        if sum(len(b) for b in xs) >= count:
-            break
-    return torch.cat(xs)[:count]
 
 
 def _auto_device() -> torch.device:

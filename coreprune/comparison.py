@@ -52,6 +52,7 @@ __all__ = [
     "METHODS",
     "MORE_METHODS",
     "CompareConfig",
+    "first_inputs",
     "make_pruner",
     "markdown_table",
     "plot_summary",
@@ -138,7 +139,7 @@ def run_comparison(
         test = _limited(loaders.test, config.test_limit)
         set_seed(config.split_seed)  # the same calibration inputs on every rerun
         example = next(iter(loaders.train))[0]
-        calibration = _calibration(loaders.train, config.calibration)
+        calibration = first_inputs(loaders.train, config.calibration)
         for seed in config.seeds:
             dense, dense_acc = _dense(config, model_name, seed, loaders.train, test, device, log)
             for metric in config.metrics:
@@ -315,7 +316,7 @@ def _limited(loader: DataLoader, limit: int | None) -> DataLoader:
     return DataLoader(Subset(dataset, range(limit)), batch_size=loader.batch_size)
 
 
-def _calibration(train: DataLoader, count: int) -> torch.Tensor:
+def first_inputs(train: DataLoader, count: int) -> torch.Tensor:
     """The first `count` (augmented) training inputs."""
     xs: list[torch.Tensor] = []
     for x, _ in train:

@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 
 from coreprune.baselines.base import Pruner
 from coreprune.baselines.gates import UnitGates
-from coreprune.baselines.masks import select_mask
+from coreprune.baselines.masks import layer_names, select_mask
 from coreprune.compress import CompressReport, compress
 from coreprune.surgery.graph import PrunablePair
 from coreprune.training import set_seed
+from coreprune.training._device import resolve_device
 from coreprune.training.schedules import lr_factor
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
@@ -171,7 +172,7 @@ def dpf_train(
                   initial_sparsity, ramp, scope, schedule, loss, seed)  # fmt: skip
     if seed is not None:
         set_seed(seed)
-    target_device = _resolve_device(device)
+    target_device = resolve_device(device)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = epochs * steps_per_epoch
     start, end = round(ramp[0] * total), round(ramp[1] * total)
@@ -287,7 +288,7 @@ class _WeightMasker(_Masker):
         self, work: nn.Module, layers: Sequence[str] | None, scope: str, allow_collapse: bool
     ) -> None:
         self.model = work
-        self.names = _layer_names(work, layers)
+        self.names = layer_names(work, layers)
         self.weights = {n: work.get_submodule(n).weight for n in self.names}
         self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
         self.scope = scope
@@ -530,36 +531,6 @@ def _check_sparsity(value: object, name: str) -> float:
     if not (math.isfinite(value) and 0 <= value < 1):
         raise ValueError(f"{name} must be a fraction in [0, 1), got {value}")
     return float(value)
-
-
-def _layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
-    modules = dict(model.named_modules())
-    if layers is None:
-        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
-        if not names:
-            raise ValueError("model has no nn.Linear or nn.Conv2d layer to prune")
-        return names
-    if isinstance(layers, str):
-        raise TypeError("layers must be a sequence of module names, not one string")
-    names = list(layers)
-    if not names:
-        raise ValueError("layers is empty; leave it None to prune every Linear and Conv2d")
-    for n in names:
-        if n not in modules or not isinstance(getattr(modules[n], "weight", None), nn.Parameter):
-            raise ValueError(f"layers: {n!r} is not a module with a weight parameter in this model")
-    return names
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a valid torch device") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use 'cpu' or None")
-    return resolved
 
 
 def _device_of(model: nn.Module) -> torch.device:

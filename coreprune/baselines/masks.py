@@ -18,7 +18,7 @@ from torch.nn.utils import prune as torch_prune
 from .base import Pruner
 from .registry import resolve_method
 
-__all__ = ["MaskResult", "prune_weights", "select_mask"]
+__all__ = ["MaskResult", "layer_names", "prune_weights", "select_mask"]
 
 SCOPES = ("global", "layer")
 
@@ -72,10 +72,12 @@ def prune_weights(
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise TypeError(f"sparsity must be a float, got {type(sparsity).__name__}")
     if not (0 <= sparsity < 1) or not math.isfinite(sparsity):
-        raise ValueError(f"sparsity must be a fraction in [0, 1) of the weights to mask, got {sparsity}")
+        raise ValueError(
+            f"sparsity must be a fraction in [0, 1) of the weights to mask, got {sparsity}"
+        )
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    names = _layer_names(model, layers)
+    names = layer_names(model, layers)
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
@@ -110,7 +112,9 @@ def select_mask(
     for name, mask in masks.items():
         score = scores[name].detach().double().cpu().reshape(-1)
         if score.numel() != mask.numel():
-            raise ValueError(f"scores for {name!r} have {score.numel()} entries, need {mask.numel()}")
+            raise ValueError(
+                f"scores for {name!r} have {score.numel()} entries, need {mask.numel()}"
+            )
         if not torch.isfinite(score).all():
             raise ValueError(f"scores for {name!r} are not all finite")
         flat_mask = mask.reshape(-1).cpu()
@@ -145,7 +149,8 @@ def _keep_all_but_lowest(score: torch.Tensor, count: int) -> torch.Tensor:
     return keep
 
 
-def _layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+def layer_names(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
+    """The checked names of the modules whose weights are scored (default: every Linear, Conv2d)."""
     modules = dict(model.named_modules())
     if layers is None:
         names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
