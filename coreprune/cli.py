@@ -123,6 +123,11 @@ def add_compare_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also agreement with dense, accuracy under input noise, ECE",
     )
+    p.add_argument(
+        "--at-init",
+        action="store_true",
+        help="prune the initialised model, then train it (instead of prune + fine-tune)",
+    )
     p.add_argument("--device", default=d.device)
     p.add_argument("--out", default=d.out)
 
@@ -135,7 +140,7 @@ def compare_config(a: argparse.Namespace) -> CompareConfig:
         test_limit=a.test_limit or None, image_size=a.image_size, epochs=a.epochs, lr=a.lr,
         finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
         batch_size=a.batch_size, calibration=a.calibration, rank=a.rank,
-        synflow_rounds=a.synflow_rounds, beyond_accuracy=a.beyond_accuracy, device=a.device,
+        synflow_rounds=a.synflow_rounds, beyond_accuracy=a.beyond_accuracy, at_init=a.at_init, device=a.device,
         out=a.out,
     )  # fmt: skip
 

@@ -72,7 +72,7 @@ FIELDS = (
     "model", "seed", "method", "metric", "target", "achieved", "params_removed",
     "prunable_params_removed", "macs_removed", "params_after", "macs_after", "dense_accuracy",
     "pruned_accuracy", "recalibrated_accuracy", "finetuned_accuracy", "prune_seconds", "device",
-    "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS),
+    "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS), "when",
 )  # fmt: skip
 
 
@@ -103,6 +103,9 @@ class CompareConfig:
     synflow_rounds: int = 100
     split_seed: int = 0
     beyond_accuracy: bool = False  # agreement with dense, accuracy under noise, ECE (fine-tuned)
+    # Prune the freshly initialised model (as SNIP, SynFlow and GraSP were defined) and train the
+    # pruned model for `epochs`, instead of pruning the trained model and fine-tuning it.
+    at_init: bool = False
     device: str = "auto"
     out: str = "runs/compare"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -133,6 +136,12 @@ def run_comparison(
     )
     results = out / "results.csv"
     rows = read_rows(results)
+    when = "init" if config.at_init else "trained"
+    if any((r.get("when") or "trained") != when for r in rows):
+        raise ValueError(
+            f"{results} holds results for models pruned {'after training' if config.at_init else 'at initialisation'}; "
+            "use another --out for this setting"
+        )
     done = {_key(r) for r in rows}
     for model_name in config.models:
         loaders = _loaders(config, model_name)
@@ -142,6 +151,7 @@ def run_comparison(
         calibration = first_inputs(loaders.train, config.calibration)
         for seed in config.seeds:
             dense, dense_acc = _dense(config, model_name, seed, loaders.train, test, device, log)
+            start = _initial(config, model_name, seed, device) if config.at_init else dense
             for metric in config.metrics:
                 for target in config.targets:
                     for method in config.methods:
@@ -149,8 +159,8 @@ def run_comparison(
                         if key in done or (method == "dpf" and metric != "params"):
                             continue  # done before, or DPF (which budgets params only)
                         row = _one_run(
-                            config, model_name, seed, method, metric, target, dense, dense_acc,
-                            loaders.train, test, example, calibration, device, progress,
+                            config, model_name, seed, method, metric, target, start, dense,
+                            dense_acc, loaders.train, test, example, calibration, device, progress,
                         )  # fmt: skip
                         _append(results, row)
                         rows.append(row)
@@ -166,17 +176,21 @@ def run_comparison(
 
 def _one_run(
     config: CompareConfig, model_name: str, seed: int, method: str, metric: str, target: float,
-    dense: nn.Module, dense_acc: float, train: DataLoader, test: DataLoader,
-    example: torch.Tensor, calibration: torch.Tensor, device: torch.device, progress: bool,
+    start_model: nn.Module, dense: nn.Module, dense_acc: float, train: DataLoader,
+    test: DataLoader, example: torch.Tensor, calibration: torch.Tensor, device: torch.device,
+    progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
+    """Prune `start_model` (the trained dense model, or a fresh one with `at_init`), then give the
+    pruned model the same fine-tuning (or, at init, the dense model's training budget)."""
+    epochs, lr = (config.epochs, config.lr) if config.at_init else (
+        config.finetune_epochs, config.finetune_lr)  # fmt: skip
     set_seed(seed)
     start = time.perf_counter()
     if method == "dpf":
         if metric != "params":
             raise ValueError("dpf budgets params only; run it with metrics=('params',)")
-        dpf = dpf_train(dense, train, target=target, epochs=config.finetune_epochs,
-                        lr=config.finetune_lr, structured=True, example_input=example[:2],
-                        device=device, seed=seed)  # fmt: skip
+        dpf = dpf_train(start_model, train, target=target, epochs=epochs, lr=lr, structured=True,
+                        example_input=example[:2], device=device, seed=seed)  # fmt: skip
         assert dpf.report is not None
         report, pruned = dpf.report, dpf.model
         seconds = time.perf_counter() - start
@@ -186,14 +200,15 @@ def _one_run(
                                   "example_input": example[:2].to(device)}  # fmt: skip
         if method == "coreset":
             kwargs.update(calibration=calibration.to(device), rank=config.rank)
-        result = compress(dense, method=make_pruner(config, method, train, seed), **kwargs)
+        result = compress(start_model, method=make_pruner(config, method, train, seed), **kwargs)
         seconds = time.perf_counter() - start
         report, pruned = result.report, result.model
         pruned_acc = evaluate(pruned, test, device=device)["accuracy"]
-        recalibrated = recalibrated_copy(pruned, train, device)
-        recal_acc = evaluate(recalibrated, test, device=device)["accuracy"]
-        fit(pruned, train, epochs=config.finetune_epochs, lr=config.finetune_lr, device=device,
-            progress=progress, seed=seed)  # fmt: skip
+        recal_acc = math.nan
+        if not config.at_init:  # BN statistics of an untrained model say nothing
+            recalibrated = recalibrated_copy(pruned, train, device)
+            recal_acc = evaluate(recalibrated, test, device=device)["accuracy"]
+        fit(pruned, train, epochs=epochs, lr=lr, device=device, progress=progress, seed=seed)
     tuned_acc = evaluate(pruned, test, device=device)["accuracy"]
     extra: dict[str, Any] = {}
     if config.beyond_accuracy:
@@ -209,6 +224,7 @@ def _one_run(
         "pruned_accuracy": pruned_acc, "recalibrated_accuracy": recal_acc,
         "finetuned_accuracy": tuned_acc,
         "prune_seconds": seconds, "device": str(device),
+        "when": "init" if config.at_init else "trained",
     }  # fmt: skip
 
 
@@ -284,6 +300,12 @@ def _dense(
     log(f"{model_name} seed {seed}: dense test accuracy {acc:.4f} "
         f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
     return model.to(device), acc
+
+
+def _initial(config: CompareConfig, model_name: str, seed: int, device: torch.device) -> nn.Module:
+    """The freshly initialised model of `seed` (the one the dense model was trained from)."""
+    set_seed(seed)
+    return build_model(model_name, **_model_kwargs(config, model_name)).to(device)
 
 
 def _model_kwargs(config: CompareConfig, model_name: str) -> dict[str, Any]:
@@ -405,7 +427,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (model, metric, target, method), group in sorted(groups.items(), key=_order):
         entry: dict[str, Any] = {"model": model, "metric": metric, "target": target,
-                                 "method": method, "seeds": len(group)}  # fmt: skip
+                                 "method": method, "seeds": len(group),
+                                 "when": group[0].get("when") or "trained"}  # fmt: skip
         for col in ("dense_accuracy", "pruned_accuracy", "recalibrated_accuracy",
                     "finetuned_accuracy", "params_removed", "macs_removed", "prune_seconds",
                     "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS)):  # fmt: skip
@@ -454,6 +477,12 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
             f"{100 * first['dense_accuracy']:.2f} | " + " | ".join(cells) + " |"
         )
     lines.append("")
+    if any(s.get("when") == "init" for s in summary):
+        lines.append(
+            "Pruned at initialisation: accuracy of the untrained pruned model / — → after "
+            "training the pruned model for the dense model's epochs (± std over seeds)."
+        )
+        return "\n".join(lines)
     lines.append(
         "Test accuracy (%), mean over seeds: right after pruning / after re-estimating batch-norm "
         "statistics (no gradient step) → after the same fine-tuning (± std over seeds); the best "

@@ -78,3 +78,17 @@ def test_compare_accepts_the_neighbouring_methods(tmp_path: Path) -> None:
     rows = read_rows(out / "results.csv")
     assert sorted(r["method"] for r in rows) == sorted(methods)
     assert len({r["params_after"] for r in rows}) == 1  # one architecture for every method
+
+
+def test_compare_prunes_at_initialisation_and_keeps_settings_apart(tmp_path: Path) -> None:
+    out = tmp_path / "init"
+    args = ["compare", "--models", "lenet300100", "--seeds", "0", "--targets", "0.5",
+            "--metrics", "params", "--train-limit", "96", "--test-limit", "32", "--epochs", "1",
+            "--batch-size", "32", "--synflow-rounds", "3", "--calibration", "32",
+            "--methods", "coreset", "snip", "synflow", "--out", str(out), "--threads", "1"]  # fmt: skip
+    assert main([*args, "--at-init"]) == 0
+    rows = read_rows(out / "results.csv")
+    assert {r["when"] for r in rows} == {"init"} and len(rows) == 3
+    assert "Pruned at initialisation" in (out / "summary.md").read_text()
+    with pytest.raises(ValueError, match="another --out"):
+        main(args)  # trained-model results may not be mixed into an at-init folder
