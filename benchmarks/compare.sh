@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The comparison committed in benchmarks/results/compare/ (coreset vs baselines on ResNet-20,
-# Fashion-MNIST, 3 seeds) and compare_more/ (every method, one seed, beyond-accuracy metrics).
+# Fashion-MNIST, 3 seeds), compare_more/ (every method, one seed, beyond-accuracy metrics) and
+# compare_init/ (pruning at initialisation, then training the pruned model).
 # On this 2-core CPU the first takes about 90 minutes, the second about 30. With a GPU, raise
 # --train-limit/--epochs/--finetune-epochs and add --models resnet56 vgg11 vgg16.
 set -euo pipefail
@@ -12,7 +13,10 @@ python -u examples/compare_baselines.py --models resnet20 --metrics params --tar
     --seeds 0 --train-limit 4000 --test-limit 2000 --epochs 3 --finetune-epochs 1 --threads 1 \
     --beyond-accuracy --out runs/compare_more --methods coreset magnitude snip synflow random \
     grasp magnitude_l2 loss_preservation gradnorm_preservation gradnorm_increase bn_scale dpf
-for run in compare_resnet20:compare compare_more:compare_more; do
+python -u examples/compare_baselines.py --at-init --models resnet20 --metrics params \
+    --targets 0.5 0.9 --seeds 0 --train-limit 4000 --test-limit 2000 --epochs 3 --threads 1 \
+    --out runs/compare_init
+for run in compare_resnet20:compare compare_more:compare_more compare_init:compare_init; do
     src="runs/${run%%:*}" dst="benchmarks/results/${run##*:}"
     mkdir -p "$dst"
     cp "$src"/results.csv "$src"/summary.csv "$src"/summary.md "$src"/summary.png \
