@@ -672,7 +672,9 @@ class _Planner:
     ) -> list[torch.Tensor]:
         """Checked scores as float64, with already pruned units at -inf (they stay pruned)."""
         if len(scores) != len(self.pairs):
-            raise ValueError(f"{pruner!r} returned {len(scores)} score vectors for {len(self.pairs)} pairs")
+            raise ValueError(
+                f"{pruner!r} returned {len(scores)} score vectors for {len(self.pairs)} pairs"
+            )
         out = []
         for pair, score, mask in zip(self.pairs, scores, alive, strict=True):
             score = score.detach().double().cpu()

@@ -11,7 +11,9 @@ __all__ = ["labelled_batch"]
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]
 
 
-def labelled_batch(data: object, batch_size: int | None, who: str) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_batch(
+    data: object, batch_size: int | None, who: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `batch_size` examples of `data` (a DataLoader or iterable of (inputs, labels)
     batches, or one (inputs, labels) pair), concatenated across batches as needed.
 
@@ -40,7 +42,9 @@ def labelled_batch(data: object, batch_size: int | None, who: str) -> tuple[torc
     have = 0
     for batch in batches:
         if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise TypeError(f"{who}: each batch must be (inputs, labels), got {type(batch).__name__}")
+            raise TypeError(
+                f"{who}: each batch must be (inputs, labels), got {type(batch).__name__}"
+            )
         x, y = batch[0], batch[1]
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError(f"{who}: inputs and labels must be tensors")

@@ -32,7 +32,6 @@ from .base import Pruner, model_device
 from .gates import UnitGates
 
 if TYPE_CHECKING:
-
     from coreprune.training.history import TrainHistory
 
 __all__ = [

@@ -50,7 +50,9 @@ class SNIP(Pruner):
         self.unit_form = unit_form
         self.loss = loss
 
-    def _loss(self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _loss(
+        self, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         device = model_device(model)
         return self.loss(forward(self.inputs.to(device)), self.labels.to(device))
 
@@ -108,7 +110,9 @@ def _unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
         out.append(gates.producers[index].bias)
     norm = gates.norms[index]
     if norm is not None:
-        out += [p for p in (getattr(norm, "weight", None), getattr(norm, "bias", None)) if p is not None]
+        out += [
+            p for p in (getattr(norm, "weight", None), getattr(norm, "bias", None)) if p is not None
+        ]
     return out
 
 
