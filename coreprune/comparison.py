@@ -433,6 +433,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                     "finetuned_accuracy", "params_removed", "macs_removed", "prune_seconds",
                     "agreement", "ece", *(f"noise_{s:g}" for s in DEFAULT_SIGMAS)):  # fmt: skip
             values = [float(r[col]) for r in group if r.get(col) is not None]
+            values = [v for v in values if not math.isnan(v)]  # e.g. no BN step at init
             entry[col] = statistics.fmean(values) if values else math.nan
             entry[col + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out.append(entry)
