@@ -14,7 +14,7 @@ python -u examples/compare_baselines.py --models resnet20 --metrics params --tar
     --beyond-accuracy --out runs/compare_more --methods coreset magnitude snip synflow random \
     grasp magnitude_l2 loss_preservation gradnorm_preservation gradnorm_increase bn_scale dpf
 python -u examples/compare_baselines.py --at-init --models resnet20 --metrics params \
-    --targets 0.5 0.9 --seeds 0 --train-limit 4000 --test-limit 2000 --epochs 3 --threads 1 \
+    --targets 0.5 0.9 --seeds 0 1 2 --train-limit 4000 --test-limit 2000 --epochs 3 --threads 2 \
     --out runs/compare_init
 for run in compare_resnet20:compare compare_more:compare_more compare_init:compare_init; do
     src="runs/${run%%:*}" dst="benchmarks/results/${run##*:}"
