@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
-__all__ = ["labelled_batch"]
+__all__ = ["is_labelled_pair", "labelled_batch", "labelled_batches"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]
 
@@ -28,7 +28,7 @@ def labelled_batch(
         raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+    if is_labelled_pair(data):
         batches: Iterable[object] = [data]
     elif isinstance(data, Iterable):
         batches = data
@@ -40,16 +40,7 @@ def labelled_batch(
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
     have = 0
-    for batch in batches:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise TypeError(
-                f"{who}: each batch must be (inputs, labels), got {type(batch).__name__}"
-            )
-        x, y = batch[0], batch[1]
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"{who}: inputs and labels must be tensors")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{who}: a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
+    for x, y in labelled_batches(batches, who):
         xs.append(x)
         ys.append(y)
         have += x.shape[0]
@@ -65,3 +56,23 @@ def labelled_batch(
     if batch_size is not None:
         x, y = x[:batch_size], y[:batch_size]
     return x, y
+
+
+def labelled_batches(data: object, who: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (inputs, labels) batches of `data` (or the one pair it is), each checked."""
+    batches: Iterable[object] = [data] if is_labelled_pair(data) else data  # type: ignore[assignment]
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+            raise TypeError(
+                f"{who}: each batch must be (inputs, labels), got {type(batch).__name__}"
+            )
+        x, y = batch[0], batch[1]
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError(f"{who}: inputs and labels must be tensors")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{who}: a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
+        yield x, y
+
+
+def is_labelled_pair(data: object) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)

@@ -22,7 +22,7 @@ with `coreprune.baselines.gradflow`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Pruner
+from .data import is_labelled_pair, labelled_batches
 from .gates import UnitGates
 
 __all__ = ["UNIT_FORMS", "GraSP", "class_balanced_batch", "hessian_gradient", "prunable_weights"]
@@ -218,7 +219,7 @@ def class_balanced_batch(
     num_classes = check_count(num_classes, "num_classes")
     xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
     counts = [0] * num_classes
-    for x, y in _batches(data, who):
+    for x, y in labelled_batches(data, who):
         if y.is_floating_point() or y.ndim != 1:
             raise ValueError(
                 f"{who}: class-balanced sampling needs integer class labels (a 1-D tensor), "
@@ -293,7 +294,7 @@ def check_data(data: object, who: str) -> None:
             f"{who} needs labelled data: pass data= (a DataLoader of (inputs, labels) batches, "
             "or one (inputs, labels) pair)"
         )
-    if not (_is_pair(data) or isinstance(data, Iterable)):
+    if not (is_labelled_pair(data) or isinstance(data, Iterable)):
         raise TypeError(
             f"{who}: data must be a DataLoader/iterable of (inputs, labels) or one "
             f"(inputs, labels) pair, got {type(data).__name__}"
@@ -314,25 +315,6 @@ def check_temperature(value: object) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"temperature must be a finite number > 0 (GraSP uses 200), got {value}")
     return float(value)
-
-
-def _is_pair(data: object) -> bool:
-    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)
-
-
-def _batches(data: object, who: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    batches: Iterable[object] = [data] if _is_pair(data) else data  # type: ignore[assignment]
-    for batch in batches:
-        if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
-            raise TypeError(
-                f"{who}: each batch must be (inputs, labels), got {type(batch).__name__}"
-            )
-        x, y = batch[0], batch[1]
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(f"{who}: inputs and labels must be tensors")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{who}: a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
-        yield x, y
 
 
 def _unique(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
