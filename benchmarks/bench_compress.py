@@ -30,6 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from coreprune.compress import compress
+from coreprune.evaluation.machine import cpu_name
 from coreprune.evaluation.metrics import count_macs, count_params, measure_latency
 from coreprune.models import build_model
 
@@ -41,16 +42,8 @@ LATENCY_RATIO = 0.8
 
 def machine(threads: int) -> dict:
     """CPU model, cores, torch version, threads, date and load (the CPU may be shared)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -20,7 +20,6 @@ from coreprune.comparison import (
     METHODS,
     CompareConfig,
     first_inputs,
-    machine,
     make_pruner,
     read_rows,
     run_comparison,
@@ -28,6 +27,7 @@ from coreprune.comparison import (
 )
 from coreprune.compress import compress
 from coreprune.data import make_loaders
+from coreprune.evaluation.machine import describe_device
 from coreprune.models import MODEL_NAMES, build_model
 from coreprune.serialization import ARCH_FILE, load_model, save_model
 from coreprune.training import evaluate, fit, set_seed
@@ -98,7 +98,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
-    """The comparison's options (shared by `coreprune compare` and examples/compare_baselines.py)."""
+    """The options of `coreprune compare` (examples/compare_baselines.py runs the same command)."""
     d = CompareConfig()
     p.add_argument("--models", nargs="+", default=list(d.models), choices=MODEL_NAMES)
     p.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS)
@@ -239,7 +239,7 @@ def _run_dir(path: str, a: argparse.Namespace) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(a).items() if k != "run"}
     device = torch.device(a.device) if getattr(a, "device", None) else _auto_device()
-    config.update(machine=machine(device), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    config.update(machine=describe_device(device), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     _write_json(out / "config.json", config)
     return out
 

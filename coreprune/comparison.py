@@ -13,8 +13,6 @@ import copy
 import csv
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +40,7 @@ from coreprune.baselines import (
 from coreprune.compress import compress
 from coreprune.data import make_loaders
 from coreprune.dpf import dpf_train
+from coreprune.evaluation.machine import describe_device
 from coreprune.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
 from coreprune.models import build_model
 from coreprune.serialization import load_model, save_model
@@ -132,7 +131,7 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     device = _device(config.device)
     (out / "config.json").write_text(
-        json.dumps({**asdict(config), "machine": machine(device)}, indent=2) + "\n"
+        json.dumps({**asdict(config), "machine": describe_device(device)}, indent=2) + "\n"
     )
     results = out / "results.csv"
     rows = read_rows(results)
@@ -352,21 +351,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def machine(device: torch.device) -> str:
-    """One line naming the hardware the numbers came from."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,30 +15,14 @@ The same run is `coreprune compare ...` on the command line.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import torch
-
-from coreprune.cli import add_compare_arguments, compare_config
-from coreprune.comparison import run_comparison, write_summary
+from coreprune.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_compare_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = compare_config(args)
-    rows = run_comparison(config)
-    print()
-    print(write_summary(rows, config.out))
-    print(f"\nresults in {config.out}/ (results.csv, summary.md, summary.png, config.json)")
-    return 0
+    """The `coreprune compare` command (same flags, including --threads)."""
+    return cli_main(["compare", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
