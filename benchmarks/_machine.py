@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from coreprune.evaluation.machine import cpu_name
+from coreprune.harness.evaluation.machine import cpu_name
 
 
 def machine() -> str:

@@ -30,9 +30,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from coreprune.compress import compress
-from coreprune.evaluation.machine import cpu_name
-from coreprune.evaluation.metrics import count_macs, count_params, measure_latency
-from coreprune.models import build_model
+from coreprune.harness.evaluation.machine import cpu_name
+from coreprune.harness.evaluation.metrics import count_macs, count_params, measure_latency
+from coreprune.harness.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet56", "vgg16")

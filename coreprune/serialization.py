@@ -1,7 +1,7 @@
 """Save a pruned model as an architecture spec (JSON) plus weights (safetensors); no pickle.
 
 A pruned model differs from its base architecture only in the sizes of its Linear, Conv2d and
-BatchNorm modules. So the spec names the base architecture (a `coreprune.models` registry name
+BatchNorm modules. So the spec names the base architecture (a `coreprune.harness.models` registry name
 and its kwargs) and records the constructor configuration of every such module; loading rebuilds
 the base model, swaps in fresh modules of the recorded sizes and loads the weights strictly.
 Nothing in either file is executable, so loading an untrusted file cannot run code.
@@ -54,7 +54,7 @@ def save_model(
     """Write `model` to the directory `path` (created if needed) as spec + safetensors weights.
 
     `arch` and `arch_kwargs` must rebuild the unpruned base model with
-    `coreprune.models.build_model(arch, **arch_kwargs)` (or pass `factory=` when loading).
+    `coreprune.harness.models.build_model(arch, **arch_kwargs)` (or pass `factory=` when loading).
     Raises `ValueError` for a module with parameters that is not Linear / Conv2d / BatchNorm1d /
     BatchNorm2d, since its size could not be recorded.
     """
@@ -97,7 +97,7 @@ def load_model(
 ) -> nn.Module:
     """Rebuild the model saved at `path`, on the CPU, with the saved weights, dtypes and mode.
 
-    The base model comes from `coreprune.models.build_model(arch, **arch_kwargs)`, or from
+    The base model comes from `coreprune.harness.models.build_model(arch, **arch_kwargs)`, or from
     `factory()` when given (for models outside the registry).
     """
     folder = Path(path)
@@ -267,7 +267,7 @@ def _base_model(spec: dict[str, Any], factory: Callable[[], nn.Module] | None) -
         model = factory()
         source = "factory()"
     else:
-        from coreprune.models import build_model
+        from coreprune.harness.models import build_model
 
         model = build_model(spec["arch"], **spec["arch_kwargs"])
         source = f"build_model({spec['arch']!r})"

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from coreprune.data import ImageData, Loaders, load_dataset, make_loaders
-from coreprune.models import MODEL_NAMES, build_model
+from coreprune.harness.data import ImageData, Loaders, load_dataset, make_loaders
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.training import evaluate, fit, set_seed
 from coreprune.serialization import ARCH_FILE, load_model, save_model
-from coreprune.training import evaluate, fit, set_seed
 
 DATASET = "fashion_mnist"
 IMAGE_SHAPE = (1, 28, 28)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 
-from coreprune.cli import main as cli_main
+from coreprune.harness.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,13 +34,13 @@ from _common import (
 )
 
 from coreprune import compress
-from coreprune.baselines import Pruner
-from coreprune.baselines.registry import BASELINES, NEEDS_DATA
 from coreprune.compress import ALLOCATIONS, METRICS, MODES
 from coreprune.coreset.sensitivity import METHODS
-from coreprune.evaluation import count_macs, count_params
+from coreprune.harness.evaluation import count_macs, count_params
+from coreprune.harness.training import fit
+from coreprune.scoring import Pruner
+from coreprune.scoring.registry import BASELINES, NEEDS_DATA
 from coreprune.serialization import load_model, save_model
-from coreprune.training import fit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -36,11 +36,11 @@ from typing import Any
 
 import torch
 
-from coreprune.baselines.gradflow import GRADFLOW_MEASURES
-from coreprune.data import make_loaders
-from coreprune.models import MODEL_NAMES, build_model
-from coreprune.prune_early import prune_early
-from coreprune.training import evaluate, set_seed
+from coreprune.harness.data import make_loaders
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.training import evaluate, set_seed
+from coreprune.methods.prune_early import prune_early
+from coreprune.scoring.gradflow import GRADFLOW_MEASURES
 
 METHODS = (
     "magnitude_l2",

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from coreprune import QuerySpace, adversarial_search, coreset_prune, measure_error
-from coreprune.data import make_loaders
-from coreprune.models import LeNet300100
-from coreprune.training import evaluate, fit, set_seed
+from coreprune.harness.data import make_loaders
+from coreprune.harness.models import LeNet300100
+from coreprune.harness.training import evaluate, fit, set_seed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

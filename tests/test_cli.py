@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from coreprune.cli import main
-from coreprune.comparison import CompareConfig, read_rows
-from coreprune.data import DEFAULT_FASHION_MNIST_ROOT
+from coreprune.harness.cli import main
+from coreprune.harness.comparison import CompareConfig, read_rows
+from coreprune.harness.data import DEFAULT_FASHION_MNIST_ROOT
 
 pytestmark = pytest.mark.skipif(
     not Path(DEFAULT_FASHION_MNIST_ROOT).exists(), reason="Fashion-MNIST is not installed"

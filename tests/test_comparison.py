@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from coreprune.comparison import (
+from coreprune.harness.comparison import (
     FIELDS,
     _append,
     markdown_table,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from coreprune.baselines import BASELINES
 from coreprune.compress import CompressResult, compress
-from coreprune.evaluation.metrics import count_macs, count_params
-from coreprune.models import MODEL_NAMES, build_model
+from coreprune.harness.evaluation.metrics import count_macs, count_params
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.scoring import BASELINES
 from coreprune.serialization import load_model, save_model
 from coreprune.surgery.graph import FxTraceError, PrunablePair
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-import coreprune.data.mnist as mnist_module
-from coreprune.data import (
+import coreprune.harness.data.mnist as mnist_module
+from coreprune.harness.data import (
     DATASETS,
     ImageData,
     TransformedTensorDataset,
@@ -30,7 +30,7 @@ from coreprune.data import (
     train_val_split,
     write_idx,
 )
-from coreprune.data.transforms import Normalize, PadTo, RandomCrop, RandomHorizontalFlip
+from coreprune.harness.data.transforms import Normalize, PadTo, RandomCrop, RandomHorizontalFlip
 
 # ---------------------------------------------------------------- IDX
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from coreprune.evaluation import (
+from coreprune.harness.evaluation import (
     LatencyStats,
     count_macs,
     count_params,
@@ -141,7 +141,7 @@ def test_layer_errors_bad_input() -> None:
 
 
 def test_registry_model_macs_if_available() -> None:
-    models = pytest.importorskip("coreprune.models")
+    models = pytest.importorskip("coreprune.harness.models")
     model = models.build_model("lenet300100")
     assert count_params(model) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
     assert count_macs(model, torch.randn(1, 1, 28, 28)) == 784 * 300 + 300 * 100 + 100 * 10

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreprune.evaluation.robustness import (
+from coreprune.harness.evaluation.robustness import (
     agreement,
     expected_calibration_error,
     noisy_accuracy,

@@ -192,7 +192,7 @@ def test_corrupt_weights_are_named(tmp_path: Path) -> None:
     ],
 )
 def test_registry_round_trip(tmp_path: Path, arch: str, kwargs: dict, shape: tuple) -> None:
-    models = pytest.importorskip("coreprune.models")
+    models = pytest.importorskip("coreprune.harness.models")
     torch.manual_seed(0)
     model = models.build_model(arch, **kwargs)
     # narrow the first prunable layer by hand (its consumer too), as surgery would

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreprune.training import TrainHistory, evaluate, fit, lr_factor, set_seed
+from coreprune.harness.training import TrainHistory, evaluate, fit, lr_factor, set_seed
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import fx, nn
 
-from coreprune.models import MODEL_NAMES, build_model
+from coreprune.harness.models import MODEL_NAMES, build_model
 
 # Thin widths keep the forward/backward matrix fast; full widths are used for tracing.
 _THIN = {"width_multiplier": 0.25}
@@ -139,7 +139,7 @@ def test_bad_arguments(name: str, kwargs: dict[str, object], error: type[Excepti
 
 
 def test_cifar_resnet_depth_must_be_6n_plus_2() -> None:
-    from coreprune.models import CifarResNet
+    from coreprune.harness.models import CifarResNet
 
     with pytest.raises(ValueError, match="6n\\+2"):
         CifarResNet(depth=21)

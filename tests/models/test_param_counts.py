@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from coreprune.models import build_model
+from coreprune.harness.models import build_model
 
 
 def _count(model: nn.Module) -> int:

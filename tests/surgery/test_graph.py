@@ -367,7 +367,7 @@ def test_validate_pairs_rejects_bad_pairs() -> None:
 
 
 def _build(name: str, **kwargs: object) -> nn.Module:
-    models = pytest.importorskip("coreprune.models")
+    models = pytest.importorskip("coreprune.harness.models")
     return models.build_model(name, **kwargs)
 
 

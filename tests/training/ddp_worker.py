@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreprune.training import ddp_demo, fit
+from coreprune.harness.training import ddp_demo, fit
 
 SEED = 3
 EPOCHS = 3

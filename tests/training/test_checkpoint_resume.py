@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import coreprune.training.checkpoint as checkpoint_module
-from coreprune.training import TrainHistory, fit, load_checkpoint, save_checkpoint, set_seed
+import coreprune.harness.training.checkpoint as checkpoint_module
+from coreprune.harness.training import TrainHistory, fit, load_checkpoint, save_checkpoint, set_seed
 
 
 def _blobs(n: int = 96) -> tuple[torch.Tensor, torch.Tensor]:

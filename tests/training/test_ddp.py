@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from coreprune.data import write_idx
-from coreprune.training import ddp_demo, fit, load_checkpoint
-from coreprune.training.distributed import setup_distributed
+from coreprune.harness.data import write_idx
+from coreprune.harness.training import ddp_demo, fit, load_checkpoint
+from coreprune.harness.training.distributed import setup_distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

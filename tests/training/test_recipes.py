@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from coreprune.models import MODEL_NAMES, build_model
-from coreprune.training import RECIPES, Recipe, fit, recipe
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.training import RECIPES, Recipe, fit, recipe
 
 
 def test_every_zoo_model_has_a_recipe() -> None:

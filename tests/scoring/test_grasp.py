@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune import compress
-from coreprune.baselines import UnitGates, prune_weights
-from coreprune.baselines.grasp import GraSP, class_balanced_batch, hessian_gradient
+from coreprune.scoring import UnitGates, prune_weights
+from coreprune.scoring.grasp import GraSP, class_balanced_batch, hessian_gradient
 from coreprune.surgery.graph import find_prunable_pairs
 
 torch.set_num_threads(1)

@@ -1,14 +1,14 @@
 """Measuring models: parameters, MACs, latency, per-layer error, and the "Lost in Pruning"
 metrics beyond accuracy (agreement with the dense model, noise robustness, calibration)."""
 
-from coreprune.evaluation.metrics import (
+from coreprune.harness.evaluation.metrics import (
     LatencyStats,
     count_macs,
     count_params,
     layer_errors,
     measure_latency,
 )
-from coreprune.evaluation.robustness import (
+from coreprune.harness.evaluation.robustness import (
     DEFAULT_SIGMAS,
     agreement,
     expected_calibration_error,

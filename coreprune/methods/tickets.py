@@ -1,6 +1,6 @@
 """Early-bird tickets end to end: train until the ticket is drawn, remove exactly its channels,
 then train only the small network (You et al., ICLR 2020). The detectors live in
-`coreprune.baselines.earlybird`; this module sits above `compress` and `training`, which it uses.
+`coreprune.methods.earlybird`; this module sits above `compress` and `training`, which it uses.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from coreprune.baselines.earlybird import (
+from coreprune.compress import CompressResult, compress
+from coreprune.harness.training import fit
+from coreprune.harness.training.history import TrainHistory
+from coreprune.methods.earlybird import (
     BNScale,
     EarlyBird,
     SplineEarlyBird,
@@ -25,11 +28,8 @@ from coreprune.baselines.earlybird import (
     bn_channel_mask,
     bn_pairs,
 )
-from coreprune.compress import CompressResult, compress
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
-from coreprune.training import fit
-from coreprune.training.history import TrainHistory
 
 __all__ = ["EarlyBirdResult", "train_early_bird"]
 

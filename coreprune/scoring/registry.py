@@ -41,7 +41,7 @@ def resolve_method(method: object) -> Pruner:
     if method in NEEDS_DATA:
         raise ValueError(
             f"method={method!r} needs labelled data: pass method={NEEDS_DATA[method]} "
-            "(from coreprune.baselines) instead of the name"
+            "(from coreprune.scoring) instead of the name"
         )
     if method not in BASELINES:
         raise ValueError(f"method must be one of {tuple(BASELINES)} or a Pruner, got {method!r}")

@@ -12,8 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune import compress
-from coreprune.baselines import UnitGates
-from coreprune.baselines.gradflow import (
+from coreprune.methods.prune_early import early_schedule, prune_early
+from coreprune.scoring import UnitGates
+from coreprune.scoring.gradflow import (
     GRADFLOW_MEASURES,
     GradFlow,
     GradNormIncrease,
@@ -21,7 +22,6 @@ from coreprune.baselines.gradflow import (
     LossPreservation,
     MagnitudeL2,
 )
-from coreprune.prune_early import early_schedule, prune_early
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
 
 torch.set_num_threads(1)

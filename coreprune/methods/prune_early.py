@@ -1,7 +1,7 @@
 """Lubana & Dick's "prune early" protocol: prune in rounds during the first epochs of training,
 then train on (ICLR 2021, "A Gradient Flow Framework for Analyzing Network Pruning").
 
-The importance measures live in `coreprune.baselines.gradflow`; this module sits above
+The importance measures live in `coreprune.scoring.gradflow`; this module sits above
 `compress` and `training`, which it drives.
 """
 
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from coreprune.baselines.base import Pruner
-from coreprune.baselines.gradflow import _DATA_DRIVEN, GRADFLOW_MEASURES
-from coreprune.baselines.grasp import check_count
-from coreprune.baselines.registry import resolve_method
 from coreprune.compress import CompressReport, compress
+from coreprune.harness.training import TrainHistory, evaluate, fit, set_seed
+from coreprune.scoring.base import Pruner
+from coreprune.scoring.gradflow import _DATA_DRIVEN, GRADFLOW_MEASURES
+from coreprune.scoring.grasp import check_count
+from coreprune.scoring.registry import resolve_method
 from coreprune.surgery.graph import PrunablePair
-from coreprune.training import TrainHistory, evaluate, fit, set_seed
 
 __all__ = [
     "EARLY_SCHEDULES",

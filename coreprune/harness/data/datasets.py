@@ -3,7 +3,7 @@
 The validation part is a fixed seeded 10% of the official training set (``seed`` picks the
 split, never the shuffling), so methods are tuned on the same examples and test stays unseen.
 Shuffling and augmentation draw from torch's global RNG; seed it with
-``coreprune.training.set_seed`` for reproducible runs.
+``coreprune.harness.training.set_seed`` for reproducible runs.
 """
 
 from __future__ import annotations

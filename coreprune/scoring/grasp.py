@@ -16,7 +16,7 @@ mode, g and H taken over the weights of every Linear and Conv2d layer (not biase
 parameters), one shot.
 
 `hessian_gradient` (g and Hg by double backprop, in chunks) and `class_balanced_batch` are shared
-with `coreprune.baselines.gradflow`.
+with `coreprune.scoring.gradflow`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Early-bird tickets: find, during training, the epoch after which the pruning mask stops moving.
 
-Two detectors, both usable as `coreprune.training.fit(..., on_epoch_end=detector)`:
+Two detectors, both usable as `coreprune.harness.training.fit(..., on_epoch_end=detector)`:
 
 - `EarlyBird` (You et al., ICLR 2020, "Drawing Early-Bird Tickets"): the channel mask of the
   batch-norm scales |gamma| at a global quantile; the ticket is drawn once the current mask is
@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from coreprune.scoring.base import Pruner, model_device
+from coreprune.scoring.gates import UnitGates
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs, validate_pairs
 
-from .base import Pruner, model_device
-from .gates import UnitGates
-
 if TYPE_CHECKING:
-    from coreprune.training.history import TrainHistory
+    from coreprune.harness.training.history import TrainHistory
 
 __all__ = [
     "BNScale",

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from coreprune.comparison import (
+from coreprune.compress import compress
+from coreprune.harness.comparison import (
     METHODS,
     CompareConfig,
     first_inputs,
@@ -25,12 +26,11 @@ from coreprune.comparison import (
     run_comparison,
     write_summary,
 )
-from coreprune.compress import compress
-from coreprune.data import make_loaders
-from coreprune.evaluation.machine import describe_device
-from coreprune.models import MODEL_NAMES, build_model
+from coreprune.harness.data import make_loaders
+from coreprune.harness.evaluation.machine import describe_device
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.training import evaluate, fit, set_seed
 from coreprune.serialization import ARCH_FILE, load_model, save_model
-from coreprune.training import evaluate, fit, set_seed
 
 __all__ = ["add_compare_arguments", "compare_config", "main"]
 

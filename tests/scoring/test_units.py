@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from coreprune import compress
-from coreprune.baselines import SNIP, Magnitude, Random, SynFlow, UnitGates
-from coreprune.models import build_model
+from coreprune.harness.models import build_model
+from coreprune.scoring import SNIP, Magnitude, Random, SynFlow, UnitGates
 
 
 def _methods(x: torch.Tensor, y: torch.Tensor) -> list[object]:

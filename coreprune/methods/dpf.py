@@ -35,14 +35,14 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
-from coreprune.baselines.base import Pruner
-from coreprune.baselines.gates import UnitGates
-from coreprune.baselines.masks import layer_names, select_mask
 from coreprune.compress import CompressReport, compress
+from coreprune.harness.training import set_seed
+from coreprune.harness.training._device import resolve_device
+from coreprune.harness.training.schedules import lr_factor
+from coreprune.scoring.base import Pruner
+from coreprune.scoring.gates import UnitGates
+from coreprune.scoring.masks import layer_names, select_mask
 from coreprune.surgery.graph import PrunablePair
-from coreprune.training import set_seed
-from coreprune.training._device import resolve_device
-from coreprune.training.schedules import lr_factor
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune import compress
-from coreprune.dpf import cubic_sparsity, dpf_train
+from coreprune.methods.dpf import cubic_sparsity, dpf_train
 
 torch.set_num_threads(1)
 

@@ -13,8 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune import compress
-from coreprune.baselines import UnitGates
-from coreprune.baselines.earlybird import (
+from coreprune.methods.earlybird import (
     BNScale,
     EarlyBird,
     SplineEarlyBird,
@@ -24,8 +23,9 @@ from coreprune.baselines.earlybird import (
     partition_code,
     spline_grid,
 )
+from coreprune.methods.tickets import train_early_bird
+from coreprune.scoring import UnitGates
 from coreprune.surgery.graph import find_prunable_pairs
-from coreprune.tickets import train_early_bird
 
 
 @pytest.fixture(autouse=True)

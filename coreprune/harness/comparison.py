@@ -24,9 +24,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from coreprune.baselines import (
+from coreprune.compress import compress
+from coreprune.harness.data import make_loaders
+from coreprune.harness.evaluation.machine import describe_device
+from coreprune.harness.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
+from coreprune.harness.models import build_model
+from coreprune.harness.training import evaluate, fit, set_seed
+from coreprune.methods.dpf import dpf_train
+from coreprune.methods.earlybird import BNScale
+from coreprune.scoring import (
     SNIP,
-    BNScale,
     GradNormIncrease,
     GradNormPreservation,
     GraSP,
@@ -37,14 +44,7 @@ from coreprune.baselines import (
     Random,
     SynFlow,
 )
-from coreprune.compress import compress
-from coreprune.data import make_loaders
-from coreprune.dpf import dpf_train
-from coreprune.evaluation.machine import describe_device
-from coreprune.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
-from coreprune.models import build_model
 from coreprune.serialization import load_model, save_model
-from coreprune.training import evaluate, fit, set_seed
 
 __all__ = [
     "CORE_METHODS",

@@ -1,8 +1,8 @@
 """Train a model-zoo model on one of the built-in datasets with its recipe, on one process or
 data-parallel under torchrun:
 
-    python -m coreprune.training.ddp_demo --model lenet5 --epochs 2
-    torchrun --standalone --nproc_per_node=2 -m coreprune.training.ddp_demo \\
+    python -m coreprune.harness.training.ddp_demo --model lenet5 --epochs 2
+    torchrun --standalone --nproc_per_node=2 -m coreprune.harness.training.ddp_demo \\
         --model resnet20 --dataset cifar10 --root ~/data/cifar-10-batches-py \\
         --checkpoint runs/r20.pt --resume
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch.distributed as dist
 from torch import nn
 
-from coreprune.data import DATASETS, dataset_spec, make_loaders
-from coreprune.models import MODEL_NAMES, build_model
-from coreprune.training import evaluate, fit, recipe, set_seed
+from coreprune.harness.data import DATASETS, dataset_spec, make_loaders
+from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.training import evaluate, fit, recipe, set_seed
 
 
 def _build(name: str, dataset: str, image_size: int) -> nn.Module:

@@ -23,7 +23,7 @@ def check_seed(seed: object, name: str = "seed") -> int:
 def set_seed(seed: int, *, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and all GPUs).
 
-    Shuffling and augmentation in ``coreprune.data`` draw from torch's global RNG, so this
+    Shuffling and augmentation in ``coreprune.harness.data`` draw from torch's global RNG, so this
     also fixes the data order. ``deterministic=True`` additionally asks torch for
     deterministic kernels (a process-wide switch; slower on GPU) for bit-exact GPU reruns.
     """

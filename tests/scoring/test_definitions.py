@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coreprune.baselines import SNIP, Magnitude, Random, SynFlow, UnitGates, prune_weights
-from coreprune.models import build_model
+from coreprune.harness.models import build_model
+from coreprune.scoring import SNIP, Magnitude, Random, SynFlow, UnitGates, prune_weights
 from coreprune.surgery.graph import find_prunable_pairs
 
 

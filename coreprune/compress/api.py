@@ -35,16 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from coreprune.baselines.base import Pruner
-from coreprune.baselines.gates import UnitGates
-from coreprune.baselines.random_pruner import Random
-from coreprune.baselines.registry import BASELINES, resolve_method
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sensitivity import _RANK_RTOL, Sensitivities
 from coreprune.coreset.sensitivity import METHODS as SENSITIVITY_METHODS
-from coreprune.evaluation.metrics import count_macs, count_params
+from coreprune.harness.evaluation.metrics import count_macs, count_params
+from coreprune.scoring.base import Pruner
+from coreprune.scoring.gates import UnitGates
+from coreprune.scoring.random_pruner import Random
+from coreprune.scoring.registry import BASELINES, resolve_method
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pairs, validate_pairs
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
@@ -231,7 +231,7 @@ def compress(
     it. `calibration` (a batch of model inputs) restricts each layer's query space to the top
     `rank` principal directions of its real inputs; otherwise certificates are data-free.
     `pairs` replaces the fx analysis for models fx cannot trace. `method` may instead name a
-    baseline ("magnitude", "synflow", "random") or be a `coreprune.baselines.Pruner` such as
+    baseline ("magnitude", "synflow", "random") or be a `coreprune.scoring.Pruner` such as
     `SNIP(loader)`: it prunes the same pairs to the same budgets (uniform: the same kept counts
     as the coreset; global: one ranking of unit scores across layers), scoring every unit on the
     dense model (re-scored `rounds` times for SynFlow), by the same surgery.

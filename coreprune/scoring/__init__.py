@@ -1,5 +1,5 @@
 """Baselines on the same budgets and surgery as the coreset: magnitude, SNIP, SynFlow, random,
-GraSP, the gradient-flow measures of Lubana & Dick, and early-bird detectors.
+GraSP and the gradient-flow measures of Lubana & Dick.
 
 Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scores (for
 `coreprune.compress(method=...)`, physical removal). Definitions: docs/baselines.md.
@@ -7,16 +7,6 @@ Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scor
 
 from .base import Pruner
 from .data import labelled_batch
-from .earlybird import (
-    BNScale,
-    EarlyBird,
-    SplineEarlyBird,
-    bn_channel_mask,
-    bn_pairs,
-    mask_distance,
-    partition_code,
-    spline_grid,
-)
 from .gates import UnitGates
 from .gradflow import (
     GRADFLOW_MEASURES,
@@ -38,8 +28,6 @@ __all__ = [
     "BASELINES",
     "GRADFLOW_MEASURES",
     "SNIP",
-    "BNScale",
-    "EarlyBird",
     "GraSP",
     "GradFlow",
     "GradNormIncrease",
@@ -50,18 +38,12 @@ __all__ = [
     "MaskResult",
     "Pruner",
     "Random",
-    "SplineEarlyBird",
     "SynFlow",
     "UnitGates",
-    "bn_channel_mask",
-    "bn_pairs",
     "class_balanced_batch",
     "hessian_gradient",
     "labelled_batch",
-    "mask_distance",
-    "partition_code",
     "prune_weights",
     "resolve_method",
     "select_mask",
-    "spline_grid",
 ]
