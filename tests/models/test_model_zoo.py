@@ -16,6 +16,7 @@ _THIN = {"width_multiplier": 0.25}
 _KWARGS: dict[str, dict[str, object]] = {
     "lenet300100": {},
     "lenet5": {},
+    "vgg_small": {},
     **{name: _THIN for name in ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet50")},
     **{name: {} for name in ("resnet20", "resnet32", "resnet56", "resnet110")},
 }
@@ -37,7 +38,7 @@ def _build(name: str, channels: int, size: int, num_classes: int = 7) -> nn.Modu
         kwargs["in_features"] = channels * size * size
     else:
         kwargs["in_channels"] = channels
-    if name == "lenet5":
+    if name in ("lenet5", "vgg_small"):
         kwargs["image_size"] = size
     return build_model(name, num_classes=num_classes, **kwargs)
 

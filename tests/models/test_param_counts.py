@@ -106,3 +106,14 @@ def test_small_input_stem_count() -> None:
     full = _count(build_model("resnet18", num_classes=1000))
     small = _count(build_model("resnet18", num_classes=1000, small_input=True))
     assert full - small == 64 * 3 * 40
+
+
+def test_vgg_small() -> None:
+    cin, expected = 1, 0
+    for c in (32, 64, 128):
+        for _ in range(2):
+            expected += _conv(cin, c, 3) + _bn(c)
+            cin = c
+    expected += _linear(128 * 3 * 3, 256) + _linear(256, 10)
+    assert expected == 584_618
+    assert _count(build_model("vgg_small")) == expected

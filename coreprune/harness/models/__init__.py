@@ -24,6 +24,7 @@ from .resnet import (
     resnet110,
 )
 from .vgg import VGG, VGG_CONFIGS, vgg11, vgg13, vgg16, vgg19
+from .vgg_small import VGGSmall, vgg_small
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet300100": LeNet300100,
@@ -32,6 +33,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vgg13": vgg13,
     "vgg16": vgg16,
     "vgg19": vgg19,
+    "vgg_small": vgg_small,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
@@ -70,6 +72,7 @@ __all__ = [
     "LeNet5",
     "LeNet300100",
     "ResNet",
+    "VGGSmall",
     "build_model",
     "resnet18",
     "resnet20",
@@ -81,4 +84,5 @@ __all__ = [
     "vgg13",
     "vgg16",
     "vgg19",
+    "vgg_small",
 ]
