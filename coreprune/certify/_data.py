@@ -1,0 +1,189 @@
+"""Held-out data and models as the certificates see them: checked, batched, run read-only.
+
+A holdout is either a DataLoader yielding (inputs, labels) batches or an (inputs, labels) pair
+of tensors. Models run in eval mode under no_grad, and every module's train flag is restored
+afterwards; a model whose parameters live elsewhere than the requested device runs as a copy,
+so the caller's model is never moved or changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+Holdout = DataLoader | tuple[torch.Tensor, torch.Tensor] | Sequence[torch.Tensor]
+
+DEFAULT_BATCH_SIZE = 1024
+
+
+def check_model(model: object, name: str) -> nn.Module:
+    """`model` as an nn.Module, or a TypeError naming the argument."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{name} must be a torch.nn.Module (the model itself, not its outputs or state_dict), "
+            f"got {type(model).__name__}"
+        )
+    return model
+
+
+def check_confidence(confidence: object) -> float:
+    """The confidence level as a float in (0, 1), or an error naming the fix."""
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+        raise TypeError(f"confidence must be a float in (0, 1), got {type(confidence).__name__}")
+    value = float(confidence)
+    if not 0 < value < 1:
+        raise ValueError(
+            f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence}"
+        )
+    return value
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+@dataclass(frozen=True)
+class Batches:
+    """A checked holdout: iterate it for (inputs, labels-or-None) batches; `size` if known."""
+
+    loader: DataLoader | None
+    inputs: torch.Tensor | None
+    labels: torch.Tensor | None
+    batch_size: int
+    size: int | None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        if self.loader is None:
+            assert self.inputs is not None
+            for start in range(0, len(self.inputs), self.batch_size):
+                stop = start + self.batch_size
+                yield (
+                    self.inputs[start:stop],
+                    None if self.labels is None else self.labels[start:stop],
+                )
+            return
+        for batch in self.loader:
+            if isinstance(batch, torch.Tensor):
+                yield batch, None
+            elif isinstance(batch, (tuple, list)) and len(batch) >= 1:
+                x = batch[0]
+                y = batch[1] if len(batch) >= 2 else None
+                if not isinstance(x, torch.Tensor) or not (
+                    y is None or isinstance(y, torch.Tensor)
+                ):
+                    raise TypeError("holdout: a DataLoader must yield (inputs, labels) tensors")
+                yield x, y
+            else:
+                raise TypeError(
+                    "holdout: a DataLoader must yield (inputs, labels) tensor pairs, got "
+                    f"{type(batch).__name__}"
+                )
+
+    def first(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first batch (a small probe run before the real work)."""
+        for batch in self:
+            return batch
+        raise ValueError("holdout is empty: pass at least one held-out example")
+
+
+def check_holdout(
+    holdout: object, batch_size: int, *, labelled: bool, name: str = "holdout"
+) -> Batches:
+    """Check the holdout's type and size without running any model.
+
+    `labelled`: the labels are required (accuracy needs them); otherwise inputs alone suffice.
+    """
+    if isinstance(holdout, DataLoader):
+        try:
+            size = len(holdout.dataset)  # type: ignore[arg-type]
+        except TypeError:
+            size = None  # an iterable dataset: its size is known only after the run
+        if size == 0:
+            raise ValueError(f"{name} is empty: pass a DataLoader over at least one example")
+        return Batches(holdout, None, None, batch_size, size)
+    if isinstance(holdout, torch.Tensor):
+        if labelled:
+            raise TypeError(
+                f"{name} must be a DataLoader or an (inputs, labels) pair of tensors; got a "
+                "single tensor (pass (inputs, labels))"
+            )
+        inputs, labels = holdout, None
+    elif isinstance(holdout, (tuple, list)) and len(holdout) == 2:
+        inputs, labels = holdout
+        if not isinstance(inputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError(
+                f"{name} must be an (inputs, labels) pair of tensors, got "
+                f"({type(inputs).__name__}, {type(labels).__name__})"
+            )
+    else:
+        raise TypeError(
+            f"{name} must be a DataLoader yielding (inputs, labels) or an (inputs, labels) pair "
+            f"of tensors, got {type(holdout).__name__}"
+        )
+    if inputs.ndim == 0 or len(inputs) == 0:
+        raise ValueError(f"{name} is empty: pass at least one held-out example")
+    if labels is not None:
+        if labels.ndim != 1 or len(labels) != len(inputs):
+            raise ValueError(
+                f"{name}: labels must be a 1-D tensor with one class index per input "
+                f"({len(inputs)}), got shape {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(
+                f"{name}: labels must be integer class indices, got dtype {labels.dtype} "
+                "(convert with labels.long())"
+            )
+    return Batches(None, inputs, labels, batch_size, len(inputs))
+
+
+def check_labels(labels: torch.Tensor | None, classes: int, name: str = "holdout") -> None:
+    """Every label must index one of the model's `classes` outputs."""
+    if labels is None:
+        raise ValueError(f"{name}: labels are needed (yield (inputs, labels) batches)")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(
+            f"{name}: labels must lie in [0, {classes}) (the models have {classes} outputs), "
+            f"got labels from {int(labels.min())} to {int(labels.max())}; check the dataset "
+            "matches the models"
+        )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` itself if it lives on `device`, else a copy moved there (never the original)."""
+    devices = {t.device for t in model.parameters()} | {t.device for t in model.buffers()}
+    if not devices or devices == {device}:
+        return model
+    return copy.deepcopy(model).to(device)
+
+
+@contextmanager
+def read_only(*models: nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for the duration; every module's train flag restored after."""
+    flags = [[(m, m.training) for m in model.modules()] for model in models]
+    try:
+        for model in models:
+            model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for saved in flags:
+            for module, training in saved:
+                module.training = training
