@@ -11,7 +11,7 @@ rewirings give some of it back (DESIGN §1, docs/theory.md "Rewiring the next la
   compressed network, it reproduces the dense consumer's outputs.
 
 `rewired_eps` turns any rewired reading U' into a certificate relative to the envelope
-(Theorem 6 in docs/theory.md). All arithmetic runs in float64; inputs are only read.
+(Theorem R1 in docs/theory.md). All arithmetic runs in float64; inputs are only read.
 """
 
 from __future__ import annotations
@@ -572,7 +572,7 @@ def _pad(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def rewired_eps(
     reading: torch.Tensor, new_reading_full: torch.Tensor, per_next_sensitivity: torch.Tensor
 ) -> float:
-    """max_j sum_l |U_jl - U'_jl| / |U_jl| * s_jl (Theorem 6): the relative error certified.
+    """max_j sum_l |U_jl - U'_jl| / |U_jl| * s_jl (Theorem R1): the relative error certified.
 
     `reading` U and `new_reading_full` U' are k x n (U' zero in removed columns, e.g.
     `MergeResult.full_reading` or `expand_reading(next_weights(refit, |keep|), keep, n)`);
