@@ -22,6 +22,7 @@ __all__ = [
     "TrainingFlags",
     "eval_mode",
     "model_device",
+    "module_weight",
     "preserved_flags",
     "replace_submodule",
     "resolve_device",
@@ -103,6 +104,30 @@ def replace_submodule(root: nn.Module, dotted_name: str, new: nn.Module) -> None
             f"[n for n, _ in model.named_modules()]"
         )
     setattr(parent, child, new)
+
+
+def module_weight(root: nn.Module, dotted_name: str) -> torch.Tensor:
+    """The ``weight`` tensor of the submodule at ``dotted_name`` (a Parameter, or a plain
+    tensor while ``torch.nn.utils.prune`` masks it).
+
+    ``root.get_submodule(name).weight`` is typed ``Tensor | Module`` and raises AttributeError
+    for a typo; this returns a checked tensor or raises ValueError naming the module.
+    """
+    check_module(root, "root")
+    try:
+        module = root.get_submodule(dotted_name)
+    except AttributeError as error:
+        raise ValueError(
+            f"{type(root).__name__} has no submodule {dotted_name!r}; list the names with "
+            f"[n for n, _ in model.named_modules()]"
+        ) from error
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(
+            f"submodule {dotted_name!r} ({type(module).__name__}) has no weight tensor; "
+            f"name a layer with a weight such as nn.Linear or nn.Conv2d"
+        )
+    return weight
 
 
 @dataclass(frozen=True)

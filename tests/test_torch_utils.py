@@ -12,6 +12,7 @@ from coreprune.torch_utils import (
     TrainingFlags,
     eval_mode,
     model_device,
+    module_weight,
     preserved_flags,
     replace_submodule,
     resolve_device,
@@ -137,3 +138,12 @@ def test_eval_mode() -> None:
         assert not a.training and torch.is_grad_enabled()
     with pytest.raises(TypeError, match="no_grad must be True or False"), eval_mode(a, no_grad=1):  # type: ignore[arg-type]
         pass
+
+
+def test_module_weight() -> None:
+    net = _net()
+    assert module_weight(net, "2.0") is net.get_submodule("2.0").weight
+    with pytest.raises(ValueError, match=r"no submodule '3'"):
+        module_weight(net, "3")
+    with pytest.raises(ValueError, match=r"submodule '' \(Sequential\) has no weight tensor"):
+        module_weight(net, "")

@@ -24,7 +24,6 @@ Two forms:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,14 +34,29 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
+from coreprune.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_fraction,
+    check_int,
+    check_module,
+)
 from coreprune.compress import CompressReport, compress
 from coreprune.harness.training import set_seed
-from coreprune.harness.training._device import resolve_device
 from coreprune.harness.training.schedules import lr_factor
 from coreprune.scoring.base import Pruner
 from coreprune.scoring.gates import UnitGates
 from coreprune.scoring.masks import layer_names, select_mask
 from coreprune.surgery.graph import PrunablePair
+from coreprune.torch_utils import (
+    eval_mode,
+    model_device,
+    module_weight,
+    resolve_device,
+    restore_flags,
+    training_flags,
+)
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
 
@@ -57,15 +71,13 @@ def cubic_sparsity(
     s_t = final + (initial - final) * (1 - (t - start) / (end - start))^3, then `final` from
     `end` on (end - start = n Δt in the paper's notation). Non-decreasing; exactly `final` at
     t = end."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    check_int(step, "step", minimum=0)
     _check_sparsity(final, "final")
     _check_sparsity(initial, "initial")
     if initial > final:
         raise ValueError(f"initial sparsity {initial} exceeds final {final}; pass initial <= final")
-    for value, name in ((start, "start"), (end, "end")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    check_int(start, "start", minimum=0)
+    check_int(end, "end", minimum=0)
     if end <= start:
         raise ValueError(f"end ({end}) must be after start ({start}): the ramp needs >= 1 step")
     if step <= start:
@@ -197,7 +209,7 @@ def dpf_train(
         params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
     )
     history = DPFHistory()
-    was_training = work.training
+    flags = training_flags(work)
     step = 0
     bar = tqdm(total=total, desc="DPF", unit="step", disable=not progress)
     for epoch in range(epochs):
@@ -233,7 +245,7 @@ def dpf_train(
             history.val_accuracy.append(numbers[1])
     bar.close()
     history.updates.append(masker.update(total, sparsity(total)))
-    work.train(was_training)
+    restore_flags(work, flags)
     out, masks, report = masker.finish()
     return DPFResult(out, masks, structured, float(target), history, report)
 
@@ -259,20 +271,15 @@ class _Masker:
     ) -> tuple[float, float]:
         """Mean loss and accuracy of the pruned model, in eval mode."""
         model = self.model
-        was = model.training
-        model.eval()
         total, correct, seen = 0.0, 0, 0
-        try:
-            with torch.no_grad(), self.pruned():
-                for batch in loader:
-                    x, y = _unpack(batch, device)
-                    outputs = model(x)
-                    total += float(loss(outputs, y)) * len(y)
-                    if outputs.ndim == 2 and not y.is_floating_point():
-                        correct += int((outputs.argmax(1) == y).sum())
-                    seen += len(y)
-        finally:
-            model.train(was)
+        with eval_mode(model, no_grad=True), self.pruned():
+            for batch in loader:
+                x, y = _unpack(batch, device)
+                outputs = model(x)
+                total += float(loss(outputs, y)) * len(y)
+                if outputs.ndim == 2 and not y.is_floating_point():
+                    correct += int((outputs.argmax(1) == y).sum())
+                seen += len(y)
         if seen == 0:
             raise ValueError("val_loader yielded no examples")
         return total / seen, correct / seen
@@ -289,7 +296,7 @@ class _WeightMasker(_Masker):
     ) -> None:
         self.model = work
         self.names = layer_names(work, layers)
-        self.weights = {n: work.get_submodule(n).weight for n in self.names}
+        self.weights = {n: module_weight(work, n) for n in self.names}
         self.masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
         self.scope = scope
         self.allow_collapse = allow_collapse
@@ -364,7 +371,7 @@ class _UnitMasker(_Masker):
         progress = sparsity / self.target
         new = {}
         for producer, _, n, k in self.rows:
-            weight = self.model.get_submodule(producer).weight.detach()
+            weight = module_weight(self.model, producer).detach()
             norms = torch.linalg.vector_norm(weight.flatten(1).double(), dim=1).cpu()
             drop = round(progress * (n - k))
             keep = torch.ones(n, dtype=torch.bool)
@@ -381,7 +388,7 @@ class _UnitMasker(_Masker):
 
         example = None
         if self.example_input is not None:
-            example = self.example_input.to(_device_of(self.model))
+            example = self.example_input.to(model_device(self.model))
         result = compress(
             self.model, target=self.target, method=_KeepUnits(self.masks), pairs=self.pairs,
             example_input=example, progress=False,
@@ -476,8 +483,7 @@ def _check(
     update_every: object, initial: object, ramp: object, scope: object, schedule: object,
     loss: object, seed: object,
 ) -> float:  # fmt: skip
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     if not (isinstance(loader, Iterable) and isinstance(loader, Sized)):
         raise TypeError(
             f"train_loader must be a DataLoader (or a list of (inputs, labels) batches), got "
@@ -485,23 +491,13 @@ def _check(
         )
     if len(loader) == 0:
         raise ValueError("train_loader is empty")
-    if not isinstance(structured, bool):
-        raise TypeError(f"structured must be a bool, got {type(structured).__name__}")
+    check_bool(structured, "structured")
     value = _check_sparsity(target, "target")
     if structured and value == 0:
         raise ValueError("structured DPF needs target in (0, 1): the fraction of params to remove")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if (
-        isinstance(lr, bool)
-        or not isinstance(lr, (int, float))
-        or not (math.isfinite(lr) and lr > 0)
-    ):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-        raise ValueError(
-            f"update_every must be an int >= 1 (the paper uses 16), got {update_every!r}"
-        )
+    check_int(epochs, "epochs", minimum=1)
+    check_float(lr, "lr", low=0.0, low_open=True)
+    check_int(update_every, "update_every (the paper uses 16)", minimum=1)
     start_value = _check_sparsity(initial, "initial_sparsity")
     if start_value > value:
         raise ValueError(
@@ -509,33 +505,22 @@ def _check(
         )
     if not (isinstance(ramp, tuple) and len(ramp) == 2):
         raise TypeError("ramp must be a (start, end) tuple of fractions of training")
-    a, b = ramp
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ramp):
-        raise TypeError("ramp must hold two numbers")
-    if not 0 <= a < b <= 1:
+    a = check_fraction(ramp[0], "ramp[0]", low_open=False, high_open=False)
+    b = check_fraction(ramp[1], "ramp[1]", low_open=False, high_open=False)
+    if not a < b:
         raise ValueError(f"ramp must satisfy 0 <= start < end <= 1, got {ramp}")
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    if schedule not in ("cosine", "step", "constant"):
-        raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {schedule!r}")
+    check_choice(scope, SCOPES, "scope")
+    check_choice(schedule, ("cosine", "step", "constant"), "schedule")
     if not callable(loss):
         raise TypeError("loss must be callable as loss(outputs, labels)")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed is not None:
+        check_int(seed, "seed (or None)")
     return value
 
 
 def _check_sparsity(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be a fraction in [0, 1), got {value}")
-    return float(value)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
+    """A sparsity: the fraction in [0, 1) of weights (or params) to mask."""
+    return check_fraction(value, name, low_open=False, high_open=True)
 
 
 def _unpack(batch: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from coreprune.scoring.base import Pruner, model_device
+from coreprune.checks import check_fraction, check_int, check_module, check_tensor
+from coreprune.scoring.base import Pruner
 from coreprune.scoring.gates import UnitGates
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs, validate_pairs
+from coreprune.torch_utils import eval_mode, model_device, module_weight
 
 if TYPE_CHECKING:
     from coreprune.harness.training.history import TrainHistory
@@ -52,33 +54,6 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 # Input checks
 
 
-def _check_fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:
-    """A real number in the interval given by the flags, or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    number = float(value)
-    too_low = number <= 0 if low_open else number < 0
-    too_high = number >= 1 if high_open else number > 1
-    if not math.isfinite(number) or too_low or too_high:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be a fraction in {interval}, got {value!r}")
-    return number
-
-
-def _check_count(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _check_model(model: object, name: str = "model") -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
-    return model
-
-
 # --------------------------------------------------------------------------------------------
 # Batch-norm channel masks and their distance
 
@@ -91,7 +66,7 @@ def bn_pairs(model: nn.Module, pairs: Sequence[PrunablePair] | None = None) -> l
     paper prunes only BN-scaled channels (e.g. VGG's hidden Linear layers stay). Given pairs must
     all have a batch norm: otherwise the error names the producer without one.
     """
-    _check_model(model)
+    check_module(model, "model")
     if pairs is None:
         found, _ = find_prunable_pairs(model)
         usable = [p for p in found if _certifiable(p)]
@@ -149,13 +124,13 @@ def bn_channel_mask(
     statistic sorted(|gamma|)[floor(ratio * N)], so without ties exactly floor(ratio * N) of the N
     channels are masked (fewer when several share the threshold value). Masks are CPU tensors.
     """
-    _check_model(model)
-    ratio = _check_fraction(ratio, "ratio", low_open=True, high_open=True)
+    check_module(model, "model")
+    ratio = check_fraction(ratio, "ratio", low_open=True, high_open=True)
     chosen = bn_pairs(model, pairs)
     scales: dict[str, torch.Tensor] = {}
     for pair in chosen:
         name = str(pair.norm)
-        scales[name] = model.get_submodule(name).weight.detach().abs().float().cpu()
+        scales[name] = module_weight(model, name).detach().abs().float().cpu()
         if not torch.isfinite(scales[name]).all():
             raise ValueError(f"batch norm {name!r} has non-finite gamma; the model has diverged")
     pooled = torch.cat(list(scales.values()))
@@ -210,8 +185,8 @@ class _WindowDetector:
     """Shared FIFO logic: the current signature against each of the previous `window` ones."""
 
     def __init__(self, window: int, threshold: float) -> None:
-        self.window = _check_count(window, "window", 1)
-        self.threshold = _check_fraction(threshold, "threshold", low_open=True, high_open=False)
+        self.window = check_int(window, "window", minimum=1)
+        self.threshold = check_fraction(threshold, "threshold", low_open=True, high_open=False)
         self.epochs: list[int] = []
         self.distances: list[tuple[float, ...]] = []
         self.ticket_epoch: int | None = None
@@ -235,8 +210,8 @@ class _WindowDetector:
         """Record this epoch; True once the ticket is drawn (so `fit` stops), from then on."""
         if self.found:
             return True
-        _check_count(epoch, "epoch", 0)
-        _check_model(model)
+        check_int(epoch, "epoch", minimum=0)
+        check_module(model, "model")
         current = self._signature(model)
         dists = tuple(self._distance(current, previous) for previous in self._fifo)
         self.epochs.append(epoch)
@@ -276,7 +251,7 @@ class EarlyBird(_WindowDetector):
         pairs: Sequence[PrunablePair] | None = None,
     ) -> None:
         super().__init__(window, threshold)
-        self.ratio = _check_fraction(ratio, "ratio", low_open=True, high_open=True)
+        self.ratio = check_fraction(ratio, "ratio", low_open=True, high_open=True)
         if isinstance(pairs, PrunablePair):
             raise TypeError("pairs must be a list of PrunablePair, got one; wrap it in a list")
         self.pairs: list[PrunablePair] | None = None if pairs is None else list(pairs)
@@ -322,17 +297,12 @@ def spline_grid(
 
 
 def _check_anchors(anchors: object) -> torch.Tensor:
-    if not isinstance(anchors, torch.Tensor):
-        raise TypeError(f"anchor_inputs must be a tensor, got {type(anchors).__name__}")
+    anchors = check_tensor(anchors, "anchor_inputs")
     if anchors.ndim < 2 or anchors.shape[0] != 3:
         raise ValueError(
             "anchor_inputs must stack three examples (x0, x1, x2) along dim 0, shape "
             f"(3, *input_shape); got {tuple(anchors.shape)}"
         )
-    if not anchors.is_floating_point():
-        raise TypeError(f"anchor_inputs must be floating point, got {anchors.dtype}")
-    if not torch.isfinite(anchors).all():
-        raise ValueError("anchor_inputs has non-finite entries")
     return anchors
 
 
@@ -340,7 +310,7 @@ def _grid_coeffs(grid: object) -> torch.Tensor:
     if isinstance(grid, bool):
         raise TypeError("grid must be an int or a sequence of coefficients, got bool")
     if isinstance(grid, int):
-        _check_count(grid, "grid", 2)
+        check_int(grid, "grid", minimum=2)
         return torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
     if isinstance(grid, (torch.Tensor, Sequence)) and not isinstance(grid, str):
         coeffs = torch.as_tensor(grid, dtype=torch.float64).flatten()
@@ -377,7 +347,6 @@ def _sign_chunks(
             f"model ({type(model).__name__}) has no batch-norm layer; the spline code reads the "
             "signs of batch-norm outputs, so use a model with batch norm or the EarlyBird detector"
         )
-    flags = [(m, m.training) for m in model.modules()]
     signs: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
@@ -385,8 +354,7 @@ def _sign_chunks(
 
     handles = [m.register_forward_hook(hook) for m in norms]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model, no_grad=True):
             for start in range(0, count, batch_size):
                 signs.clear()
                 model(inputs(start, min(start + batch_size, count)))
@@ -394,8 +362,6 @@ def _sign_chunks(
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags:
-            module.training = flag
 
 
 def partition_code(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
@@ -404,10 +370,10 @@ def partition_code(model: nn.Module, inputs: torch.Tensor, *, batch_size: int = 
     Two inputs share a row iff they lie in the same region of the network's max-affine spline
     partition (as seen through its batch-norm layers). Inputs go to the model's device.
     """
-    _check_model(model)
+    check_module(model, "model")
     if not isinstance(inputs, torch.Tensor) or inputs.ndim < 2:
         raise TypeError("inputs must be a batched tensor (batch first)")
-    batch_size = _check_count(batch_size, "batch_size", 1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
     device = model_device(model)
     rows: list[torch.Tensor] = []
     _sign_chunks(
@@ -471,7 +437,7 @@ class SplineEarlyBird(_WindowDetector):
         super().__init__(window, threshold)
         self.anchors = _check_anchors(anchor_inputs).detach().clone()
         self.coeffs = _grid_coeffs(grid)
-        self.batch_size = _check_count(batch_size, "batch_size", 1)
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
 
     @property
     def inputs(self) -> int:

@@ -12,20 +12,21 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from coreprune.checks import check_choice, check_fraction, check_int, check_module
 from coreprune.compress import CompressReport, compress
 from coreprune.harness.training import TrainHistory, evaluate, fit, set_seed
 from coreprune.scoring.base import Pruner
 from coreprune.scoring.gradflow import _DATA_DRIVEN, GRADFLOW_MEASURES
-from coreprune.scoring.grasp import check_count
 from coreprune.scoring.registry import resolve_method
 from coreprune.surgery.graph import PrunablePair
+from coreprune.torch_utils import eval_mode, model_device
 
 __all__ = [
     "EARLY_SCHEDULES",
@@ -110,10 +111,9 @@ def early_schedule(target: float, rounds: int, kind: str = "paper") -> list[floa
     p / (k p + n (1 - p)) of what remains); "geometric": R_k = 1 - (1 - p)^(k / n), the same
     fraction of what remains every round.
     """
-    target = _fraction(target, "target")
-    rounds = check_count(rounds, "rounds")
-    if kind not in EARLY_SCHEDULES:
-        raise ValueError(f"schedule must be one of {EARLY_SCHEDULES}, got {kind!r}")
+    target = check_fraction(target, "target (the fraction of params to remove)")
+    rounds = check_int(rounds, "rounds", minimum=1)
+    check_choice(kind, EARLY_SCHEDULES, "schedule")
     out = []
     for k in range(1, rounds + 1):
         if kind == "paper":
@@ -162,15 +162,13 @@ def prune_early(
     (the paper's default). `seed` seeds every RNG once at the start.
     """
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     if not isinstance(train_loader, DataLoader):
         raise TypeError(f"train_loader must be a DataLoader, got {type(train_loader).__name__}")
     plan = early_schedule(target, rounds, schedule)
     for value, name in ((epochs_between, "epochs_between"), (warmup_epochs, "warmup_epochs"),
                         (epochs_after, "epochs_after")):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int(value, name, minimum=0)
     make = _pruner_factory(method, method_options)
     if probe is not None and not (
         isinstance(probe, tuple)
@@ -180,21 +178,21 @@ def prune_early(
         raise TypeError("probe must be one (inputs, labels) pair of tensors")
     if seed is not None:
         set_seed(seed)
-    train = {"lr": lr, "momentum": momentum, "nesterov": False, "weight_decay": weight_decay}
     work = copy.deepcopy(model)
     original = _params(work)
     result = PruneEarlyResult(work, _method_name(method), float(target), original, [], None)
     if warmup_epochs:
         result.warmup = fit(
             work, train_loader, epochs=warmup_epochs, schedule="constant", progress=progress,
-            **train,
+            lr=lr, momentum=momentum, nesterov=False, weight_decay=weight_decay,
         )  # fmt: skip
     epochs = warmup_epochs
     for k, scheduled in enumerate(plan, start=1):
         if epochs_between:
             history = fit(
                 work, train_loader, epochs=epochs_between, schedule="constant",
-                progress=progress, **train,
+                progress=progress, lr=lr, momentum=momentum, nesterov=False,
+                weight_decay=weight_decay,
             )  # fmt: skip
             result.between.append(history)
             epochs += epochs_between
@@ -205,7 +203,7 @@ def prune_early(
         report = None
         if round_target > 1e-12:
             pruner = make(train_loader)
-            example = None if example_input is None else example_input.to(_device(work))
+            example = None if example_input is None else example_input.to(model_device(work))
             pruned = compress(
                 work, target=round_target, method=pruner, allocation=allocation,
                 example_input=example, pairs=pairs, progress=progress,
@@ -247,16 +245,12 @@ def loss_and_grad_norm(
 ) -> tuple[float, float]:
     """Cross-entropy and ||dL/dtheta||_2 over all trainable params, in eval mode; the model's
     gradients and mode are left as they were."""
-    was = model.training
-    model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    device = _device(model)
+    device = model_device(model)
     x, y = batch
-    try:
+    with eval_mode(model):
         loss = F.cross_entropy(model(x.to(device)), y.to(device))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-    finally:
-        model.train(was)
     norm = math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
     return float(loss.detach()), norm
 
@@ -286,9 +280,10 @@ def _pruner_factory(
         pruner = resolve_method(method)  # raises for unknown names
         return lambda _loader: pruner
     if callable(method):
+        factory = cast(Callable[[DataLoader], object], method)
 
         def build(loader: DataLoader) -> Pruner:
-            pruner = method(loader)
+            pruner = factory(loader)
             if not isinstance(pruner, Pruner):
                 raise TypeError(f"method(loader) must return a Pruner, got {type(pruner).__name__}")
             return pruner
@@ -307,23 +302,8 @@ def _method_name(method: object) -> str:
     return getattr(method, "__name__", "custom")
 
 
-def _fraction(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not 0 < value < 1:
-        raise ValueError(
-            f"{name} must be a fraction in (0, 1) of the params to remove, got {value}"
-        )
-    return float(value)
-
-
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
 
 
 def _probe(

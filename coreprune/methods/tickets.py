@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from coreprune.checks import check_fraction, check_int, check_module
 from coreprune.compress import CompressResult, compress
 from coreprune.harness.training import fit
 from coreprune.harness.training.history import TrainHistory
@@ -22,14 +23,12 @@ from coreprune.methods.earlybird import (
     BNScale,
     EarlyBird,
     SplineEarlyBird,
-    _check_count,
-    _check_fraction,
-    _check_model,
     bn_channel_mask,
     bn_pairs,
 )
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
+from coreprune.torch_utils import module_weight, replace_submodule
 
 __all__ = ["EarlyBirdResult", "train_early_bird"]
 
@@ -92,9 +91,9 @@ def train_early_bird(
     schedule at `retrain_lr` (default `lr`). `fit_kwargs` go to both `fit` calls.
     """
 
-    _check_model(model)
-    ratio = _check_fraction(ratio, "ratio", low_open=True, high_open=True)
-    epochs = _check_count(epochs, "epochs", 1)
+    check_module(model, "model")
+    ratio = check_fraction(ratio, "ratio")
+    epochs = check_int(epochs, "epochs", minimum=1)
     kwargs = dict(fit_kwargs or {})
     owned = sorted(set(kwargs) & set(_FIT_OWNED))
     if owned:
@@ -211,7 +210,7 @@ def _ticket_keeps(model: nn.Module, pairs: list[PrunablePair], mask: Mask) -> li
         name = str(pair.norm)
         kept = mask[name]
         if not bool(kept.any()):
-            gamma = model.get_submodule(name).weight.detach().abs().double().cpu()
+            gamma = module_weight(model, name).detach().abs().double().cpu()
             kept = torch.zeros_like(kept)
             kept[int(torch.argmax(gamma))] = True
         keeps.append(torch.nonzero(kept).flatten())
@@ -235,19 +234,14 @@ def _removed_fraction(
     for pair, keep in zip(pairs, keeps, strict=True):
         producer = copy_.get_submodule(pair.producer)
         consumer = copy_.get_submodule(pair.consumer)
-        n = producer.weight.shape[0]
+        n = module_weight(copy_, pair.producer).shape[0]
         if keep.numel() == n:
             continue
         ones = torch.ones(keep.numel(), dtype=torch.float64)
-        _replace(copy_, pair.producer, slice_producer(producer, keep))  # type: ignore[arg-type]
-        _replace(copy_, pair.consumer, slice_consumer(consumer, n, keep, ones))  # type: ignore[arg-type]
+        replace_submodule(copy_, pair.producer, slice_producer(producer, keep))  # type: ignore[arg-type]
+        replace_submodule(copy_, pair.consumer, slice_consumer(consumer, n, keep, ones))  # type: ignore[arg-type]
         if pair.norm is not None:
             norm = copy_.get_submodule(pair.norm)
-            _replace(copy_, pair.norm, slice_norm(norm, keep))  # type: ignore[arg-type]
+            replace_submodule(copy_, pair.norm, slice_norm(norm, keep))  # type: ignore[arg-type]
     after = sum(p.numel() for p in copy_.parameters())
     return (before - after) / before
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent), child, new)

@@ -58,9 +58,3 @@ def input_like(
     if not isinstance(example_input, torch.Tensor) or example_input.ndim < 2:
         raise TypeError("example_input must be a batched tensor (batch first)")
     return tuple(example_input.shape[1:])
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless model)."""
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device

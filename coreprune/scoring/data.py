@@ -6,6 +6,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from coreprune.checks import check_int
+
 __all__ = ["is_labelled_pair", "labelled_batch", "labelled_batches"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]
@@ -24,10 +26,8 @@ def labelled_batch(
             f"{who} needs labelled data: pass data= (a DataLoader of (inputs, labels) batches, "
             "or one (inputs, labels) pair)"
         )
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
-        raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size is not None:
+        check_int(batch_size, "batch_size (or None)", minimum=1)
     if is_labelled_pair(data):
         batches: Iterable[object] = [data]
     elif isinstance(data, Iterable):

@@ -15,7 +15,7 @@ from torch import nn
 
 from coreprune.surgery.graph import PrunablePair
 
-__all__ = ["UnitGates"]
+__all__ = ["UnitGates", "unit_params"]
 
 
 class UnitGates:
@@ -80,3 +80,20 @@ class UnitGates:
             return output * gate.to(output.dtype).view(shape)
 
         return multiply
+
+
+def unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
+    """The parameters pair ``index``'s units own row-wise: filter, bias, batch-norm scale and
+    shift. Zeroing all of them switches the units off, which is what the "sum" unit forms of
+    SNIP and GraSP score."""
+    out = [gates.producers[index].weight]
+    bias = gates.producers[index].bias
+    if bias is not None:
+        out.append(bias)
+    norm = gates.norms[index]
+    if norm is not None:
+        for name in ("weight", "bias"):
+            p = getattr(norm, name, None)
+            if isinstance(p, torch.Tensor):
+                out.append(p)
+    return out

@@ -22,18 +22,20 @@ adaptation: docs/baselines.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coreprune.checks import check_choice, check_int
+from coreprune.torch_utils import module_weight
 
 from .base import Pruner
 from .data import labelled_batch
 from .gates import UnitGates
 from .grasp import (
     GraSP,
-    check_count,
     check_data,
     check_temperature,
     class_balanced_batch,
@@ -41,9 +43,6 @@ from .grasp import (
     output_width,
 )
 from .snip import SNIP
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "GRADFLOW_MEASURES",
@@ -93,20 +92,22 @@ class GradFlow(Pruner):
         if self.signal:
             check_data(data, type(self).__name__)
         self.data = data
-        self.samples = None if samples is None else check_count(samples, "samples")
+        self.samples = None if samples is None else check_int(samples, "samples", minimum=1)
         self.samples_per_class = (
             None
             if samples_per_class is None
-            else check_count(samples_per_class, "samples_per_class")
+            else check_int(samples_per_class, "samples_per_class", minimum=1)
         )
-        self.num_classes = None if num_classes is None else check_count(num_classes, "num_classes")
+        self.num_classes = (
+            None if num_classes is None else check_int(num_classes, "num_classes", minimum=1)
+        )
         self.temperature = check_temperature(
             self.default_temperature if temperature is None else temperature
         )
         if not callable(loss):
             raise TypeError("loss must be callable as loss(logits, labels) -> mean loss")
         self.loss = loss
-        self.chunk = None if chunk is None else check_count(chunk, "chunk")
+        self.chunk = None if chunk is None else check_int(chunk, "chunk", minimum=1)
         self._sample: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- the per-parameter signal (g or Hg) over every trainable parameter
@@ -138,7 +139,7 @@ class GradFlow(Pruner):
         return {id(p): s for p, s in zip(params, chosen, strict=True)}
 
     def _run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Sequence[torch.Tensor]
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         if self.signal == "g":  # one backward is enough
             xs, ys = _to(x, params[0]), y.to(params[0].device)
@@ -147,7 +148,7 @@ class GradFlow(Pruner):
             for s in range(0, xs.shape[0], size):
                 xc, yc = xs[s : s + size], ys[s : s + size]
                 value = self.loss(model(xc) / self.temperature, yc) * (xc.shape[0] / xs.shape[0])
-                grads = torch.autograd.grad(value, params, allow_unused=True)
+                grads = torch.autograd.grad(value, list(params), allow_unused=True)
                 total = [t if d is None else t + d for t, d in zip(total, grads, strict=True)]
             return total, total, []
         return hessian_gradient(
@@ -163,7 +164,7 @@ class GradFlow(Pruner):
     def weight_scores(
         self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        weights = [model.get_submodule(n).weight for n in names]
+        weights = [module_weight(model, n) for n in names]
         signals = self.signals(model) if self.signal else {}
         out = {}
         for name, w in zip(names, weights, strict=True):
@@ -217,10 +218,8 @@ class LossPreservation(GradFlow):
     signal: ClassVar[str] = "g"
 
     def __init__(self, data: object = None, *, form: str = "paper", **kwargs: Any) -> None:
-        if form not in LOSS_FORMS:
-            raise ValueError(f"form must be one of {LOSS_FORMS}, got {form!r}")
+        self.form = check_choice(form, LOSS_FORMS, "form")
         super().__init__(data, **kwargs)
-        self.form = form
 
     def combine(self, theta: torch.Tensor, signal: torch.Tensor, dim: int | None) -> torch.Tensor:
         product = theta.double() * signal.double()
@@ -258,7 +257,7 @@ class GradNormPreservation(GradFlow):
 GRADFLOW_MEASURES: dict[str, type[GradFlow]] = {
     cls.name: cls for cls in (MagnitudeL2, LossPreservation, GradNormIncrease, GradNormPreservation)
 }
-_DATA_DRIVEN: dict[str, type[Pruner]] = {
+_DATA_DRIVEN: dict[str, Callable[..., Pruner]] = {
     "loss_preservation": LossPreservation,
     "gradnorm_increase": GradNormIncrease,
     "gradnorm_preservation": GradNormPreservation,

@@ -21,7 +21,6 @@ with `coreprune.scoring.gradflow`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
@@ -29,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coreprune.checks import check_choice, check_float, check_int
+from coreprune.torch_utils import module_weight
+
 from .base import Pruner
 from .data import is_labelled_pair, labelled_batches
-from .gates import UnitGates
+from .gates import UnitGates, unit_params
 
 __all__ = ["UNIT_FORMS", "GraSP", "class_balanced_batch", "hessian_gradient", "prunable_weights"]
 
@@ -73,16 +75,16 @@ class GraSP(Pruner):
         chunk: int | None = 256,
     ) -> None:
         check_data(data, "GraSP")
-        self.samples_per_class = check_count(samples_per_class, "samples_per_class")
-        self.num_classes = None if num_classes is None else check_count(num_classes, "num_classes")
+        self.samples_per_class = check_int(samples_per_class, "samples_per_class", minimum=1)
+        self.num_classes = (
+            None if num_classes is None else check_int(num_classes, "num_classes", minimum=1)
+        )
         self.temperature = check_temperature(temperature)
-        if unit_form not in UNIT_FORMS:
-            raise ValueError(f"unit_form must be one of {UNIT_FORMS}, got {unit_form!r}")
+        self.unit_form = check_choice(unit_form, UNIT_FORMS, "unit_form")
         if not callable(loss):
             raise TypeError("loss must be callable as loss(logits, labels) -> mean loss")
-        self.unit_form = unit_form
         self.loss = loss
-        self.chunk = None if chunk is None else check_count(chunk, "chunk")
+        self.chunk = None if chunk is None else check_int(chunk, "chunk", minimum=1)
         self.data = data
         self._sample: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -100,7 +102,7 @@ class GraSP(Pruner):
         model.eval()
         x, y = self.sample(model)
         params = prunable_weights(model)
-        targets = [model.get_submodule(n).weight for n in names]
+        targets = [module_weight(model, n) for n in names]
         _, _, hg = hessian_gradient(
             model, x, y, params, temperature=self.temperature, loss=self.loss, chunk=self.chunk,
             wrt=targets,
@@ -193,8 +195,7 @@ def hessian_gradient(
         value = chunk_loss(*pieces[0])
         grads = torch.autograd.grad(value, list(params), create_graph=True)
         g = [gr.detach() for gr in grads]
-        dot = sum((a * b).sum() for a, b in zip(g, grads, strict=True))
-        second = _grad_or_zero(dot, unique)
+        second = _grad_or_zero(_dot(g, grads), unique)
     else:
         g = [torch.zeros_like(p) for p in params]
         for x, y in pieces:
@@ -203,8 +204,9 @@ def hessian_gradient(
         second = [torch.zeros_like(t) for t in unique]
         for x, y in pieces:
             grads = torch.autograd.grad(chunk_loss(x, y), list(params), create_graph=True)
-            dot = sum((a * b).sum() for a, b in zip(g, grads, strict=True))
-            second = [s + d for s, d in zip(second, _grad_or_zero(dot, unique), strict=True)]
+            second = [
+                s + d for s, d in zip(second, _grad_or_zero(_dot(g, grads), unique), strict=True)
+            ]
     by_id = {id(t): s for t, s in zip(unique, second, strict=True)}
     return g, [by_id[id(p)] for p in params], [by_id[id(t)] for t in wrt]
 
@@ -215,8 +217,8 @@ def class_balanced_batch(
     """The first `samples_per_class` examples of each class 0..num_classes-1, in loader order,
     grouped by class; reading stops as soon as every class is full."""
     check_data(data, who)
-    samples_per_class = check_count(samples_per_class, "samples_per_class")
-    num_classes = check_count(num_classes, "num_classes")
+    samples_per_class = check_int(samples_per_class, "samples_per_class", minimum=1)
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
     counts = [0] * num_classes
     for x, y in labelled_batches(data, who):
@@ -263,21 +265,6 @@ def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
-    """The parameters one unit owns row-wise: filter, bias, batch-norm scale and shift."""
-    out = [gates.producers[index].weight]
-    bias = gates.producers[index].bias
-    if bias is not None:
-        out.append(bias)
-    norm = gates.norms[index]
-    if norm is not None:
-        for name in ("weight", "bias"):
-            p = getattr(norm, name, None)
-            if isinstance(p, torch.Tensor):
-                out.append(p)
-    return out
-
-
 def output_width(model: nn.Module) -> int:
     """The number of classes a classifier predicts, read as the out_features of its last
     registered Linear (pass num_classes= where that is not the classifier head)."""
@@ -301,20 +288,20 @@ def check_data(data: object, who: str) -> None:
         )
 
 
-def check_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def check_temperature(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"temperature must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"temperature must be a finite number > 0 (GraSP uses 200), got {value}")
-    return float(value)
+    """A softmax temperature T dividing the logits in the loss: a finite number > 0."""
+    return check_float(value, "temperature", low=0.0, low_open=True)
+
+
+def _dot(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_i <left_i, right_i>, summed in order (a 0-d tensor; differentiable in both)."""
+    pairs = list(zip(left, right, strict=True))
+    if not pairs:
+        raise ValueError("no parameters to take the gradient over")
+    total = (pairs[0][0] * pairs[0][1]).sum()
+    for a, b in pairs[1:]:
+        total = total + (a * b).sum()
+    return total
 
 
 def _unique(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -9,6 +9,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from coreprune.checks import check_int
+from coreprune.torch_utils import module_weight
+
 from .base import Pruner
 from .gates import UnitGates
 
@@ -25,14 +28,14 @@ class Magnitude(Pruner):
     name: ClassVar[str] = "magnitude"
 
     def __init__(self, p: int = 1) -> None:
-        if isinstance(p, bool) or p not in (1, 2):
+        self.p = check_int(p, "p", minimum=1)
+        if self.p not in (1, 2):
             raise ValueError(f"p must be 1 (filter L1, Li et al.) or 2 (filter L2), got {p!r}")
-        self.p = p
 
     def weight_scores(
         self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        return {name: model.get_submodule(name).weight.detach().abs() for name in names}
+        return {name: module_weight(model, name).detach().abs() for name in names}
 
     def unit_scores(
         self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None

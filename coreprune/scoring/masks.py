@@ -15,6 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from coreprune.checks import check_bool, check_choice, check_fraction, check_module
+from coreprune.torch_utils import module_weight
+
 from .base import Pruner
 from .registry import resolve_method
 
@@ -66,28 +69,22 @@ def prune_weights(
     layer keeps its best weight. Methods with `rounds` > 1 re-score on the exponential schedule
     density_k = (1 - sparsity) ** (k / rounds). `model` is not modified.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "model")
     pruner = resolve_method(method)
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-        raise TypeError(f"sparsity must be a float, got {type(sparsity).__name__}")
-    if not (0 <= sparsity < 1) or not math.isfinite(sparsity):
-        raise ValueError(
-            f"sparsity must be a fraction in [0, 1) of the weights to mask, got {sparsity}"
-        )
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    sparsity = check_fraction(sparsity, "sparsity", low_open=False, high_open=True)
+    check_choice(scope, SCOPES, "scope")
+    check_bool(allow_collapse, "allow_collapse")
     names = layer_names(model, layers)
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(True)
-    dense = {n: work.get_submodule(n).weight.detach().clone() for n in names}
+    dense = {n: module_weight(work, n).detach().clone() for n in names}
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in dense.items()}
     for k in range(1, pruner.rounds + 1):
         removed = 1 - (1 - sparsity) ** (k / pruner.rounds)
         with torch.no_grad():
             for n in names:
-                work.get_submodule(n).weight.copy_(dense[n] * masks[n])
+                module_weight(work, n).copy_(dense[n] * masks[n])
         scores = pruner.weight_scores(work, names, example_input)
         masks = select_mask(scores, masks, removed, scope=scope, allow_collapse=allow_collapse)
     out = copy.deepcopy(model)

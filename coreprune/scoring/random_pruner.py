@@ -8,6 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from coreprune.torch_utils import module_weight
+
 from .base import Pruner
 from .gates import UnitGates
 
@@ -38,7 +40,7 @@ class Random(Pruner):
         gen = self._generator()
         out = {}
         for name in names:
-            weight = model.get_submodule(name).weight
+            weight = module_weight(model, name)
             out[name] = torch.rand(weight.shape, generator=gen, dtype=torch.float64)
         return out
 

@@ -11,9 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .base import Pruner, model_device
+from coreprune.checks import check_choice
+from coreprune.torch_utils import model_device
+
+from .base import Pruner
 from .data import labelled_batch
-from .gates import UnitGates
+from .gates import UnitGates, unit_params
 
 __all__ = ["SNIP", "UNIT_FORMS"]
 
@@ -41,8 +44,7 @@ class SNIP(Pruner):
         unit_form: str = "gate",
         loss: Loss = F.cross_entropy,
     ) -> None:
-        if unit_form not in UNIT_FORMS:
-            raise ValueError(f"unit_form must be one of {UNIT_FORMS}, got {unit_form!r}")
+        check_choice(unit_form, UNIT_FORMS, "unit_form")
         if not callable(loss):
             raise TypeError("loss must be callable as loss(logits, labels)")
         self.inputs, self.labels = labelled_batch(data, batch_size, "SNIP")
@@ -74,8 +76,8 @@ class SNIP(Pruner):
     ) -> list[torch.Tensor]:
         model.eval()
         gates.require_grad()
-        unit_params = [_unit_params(gates, i) for i in range(len(gates.pairs))]
-        flat = [p for group in unit_params for p in group]
+        groups = [unit_params(gates, i) for i in range(len(gates.pairs))]
+        flat = [p for group in groups for p in group]
         for p in flat:
             p.requires_grad_(True)
         with gates:
@@ -84,7 +86,7 @@ class SNIP(Pruner):
         gate_grads = grads[: len(gates.values)]
         param_grads = dict(zip(map(id, flat), grads[len(gates.values) :], strict=True))
         scores: list[torch.Tensor] = []
-        for i, group in enumerate(unit_params):
+        for i, group in enumerate(groups):
             n = gates.units(i)
             total = torch.zeros(n, dtype=torch.float64)
             if self.unit_form == "gate":
@@ -101,19 +103,6 @@ class SNIP(Pruner):
 
     def __repr__(self) -> str:
         return f"SNIP(batch_size={self.batch_size}, unit_form={self.unit_form!r})"
-
-
-def _unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
-    """The parameters that belong to one unit row-wise: filter, bias, batch-norm scale/shift."""
-    out = [gates.producers[index].weight]
-    if gates.producers[index].bias is not None:
-        out.append(gates.producers[index].bias)
-    norm = gates.norms[index]
-    if norm is not None:
-        out += [
-            p for p in (getattr(norm, "weight", None), getattr(norm, "bias", None)) if p is not None
-        ]
-    return out
 
 
 def _normalised(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import Pruner, input_like, model_device
+from coreprune.checks import check_int
+from coreprune.torch_utils import model_device, module_weight
+
+from .base import Pruner, input_like
 from .gates import UnitGates
 
 __all__ = ["SynFlow"]
@@ -37,10 +40,7 @@ class SynFlow(Pruner):
         input_shape: Sequence[int] | None = None,
         dtype: torch.dtype = torch.float64,
     ) -> None:
-        if isinstance(rounds, bool) or not isinstance(rounds, int):
-            raise TypeError(f"rounds must be an int, got {type(rounds).__name__}")
-        if rounds < 1:
-            raise ValueError(f"rounds must be >= 1 (the paper uses 100), got {rounds}")
+        check_int(rounds, "rounds (the paper uses 100)", minimum=1)
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
         self.rounds = rounds
@@ -65,8 +65,8 @@ class SynFlow(Pruner):
         r = model(ones).sum()
         if not torch.isfinite(r):
             raise FloatingPointError(
-                f"SynFlow's R is {float(r.detach())} in {self.dtype}: the product of |weights| overflowed; "
-                "use dtype=torch.float64 (the default)"
+                f"SynFlow's R is {float(r.detach())} in {self.dtype}: the product of |weights| "
+                "overflowed; use dtype=torch.float64 (the default)"
             )
         return r
 
@@ -74,7 +74,7 @@ class SynFlow(Pruner):
         self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         work = self.linearised(model)
-        weights = [work.get_submodule(n).weight for n in names]
+        weights = [module_weight(work, n) for n in names]
         grads = torch.autograd.grad(self.flow(work, example_input), weights)
         return {
             n: (w.detach() * g).abs().double()
