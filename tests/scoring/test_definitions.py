@@ -180,18 +180,25 @@ def test_ties_break_deterministically_to_the_lower_index() -> None:
     assert flat[0] and not flat[1:11].any() and flat[11:].all()
 
 
-def test_magnitude_unit_scores_are_the_summed_weight_scores() -> None:
-    model = build_model("lenet5")
-    pairs, _ = find_prunable_pairs(model)
-    names = [p.producer for p in pairs]
-    weight = Magnitude().weight_scores(model, names, None)
-    for p, norm in ((1, None), (2, None)):
-        units = Magnitude(p).unit_scores(model, UnitGates(model, pairs), None)
-        for name, unit in zip(names, units, strict=True):
-            per_row = weight[name].flatten(1).double()
-            want = per_row.sum(1) if p == 1 else per_row.pow(2).sum(1).sqrt()
-            torch.testing.assert_close(unit, want)
-        assert norm is None
+def test_magnitude_scores_worked_by_hand() -> None:
+    """|w| per weight; per unit the L1 (p=1) or L2 (p=2) norm of the unit's filter alone
+    (Li et al.): the bias, however large, is not part of it."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(
+            torch.tensor([[[[1.0, -2.0], [0.0, 3.0]]], [[[-1.0, 1.0], [1.0, -1.0]]]])
+        )
+        net[0].bias.fill_(100.0)
+    pairs, _ = find_prunable_pairs(net)
+    assert [(p.producer, p.consumer) for p in pairs] == [("0", "3")]
+    weight = Magnitude().weight_scores(net, ["0"], None)["0"]
+    want_weight = torch.tensor([[[[1.0, 2.0], [0.0, 3.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    torch.testing.assert_close(weight, want_weight, rtol=0, atol=0)
+    (l1,) = Magnitude(1).unit_scores(net, UnitGates(net, pairs), None)
+    (l2,) = Magnitude(2).unit_scores(net, UnitGates(net, pairs), None)
+    # filter 0: |1| + |-2| + |0| + |3| = 6, sqrt(1 + 4 + 0 + 9) = sqrt(14); filter 1: 4 and 2
+    torch.testing.assert_close(l1, torch.tensor([6.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(l2, torch.tensor([math.sqrt(14.0), 2.0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.37, 0.9, 0.999])
