@@ -1,25 +1,25 @@
-"""Sweep the pruning budget on LeNet-300-100 and put each certified eps next to the measured
-layer error (on held-out data and by adversarial search) and the test accuracy.
+"""What each certificate says as compression grows: worst-case eps next to held-out certificates
+next to the measured test values, for the coreset and the magnitude and random baselines.
 
-For each target (fc1 alone, fc2 alone, or every hidden layer via `coreprune.compress`), each
-query space (data-free, or the calibration subspace), each mode (select, sample) and each
-request (an eps, or a kept fraction of units) it records one row. It writes them to a CSV and
-draws two plots: certified eps against measured worst error (log-log, with the line y = x that
-no point may cross) and accuracy against the fraction of units kept.
+The worst-case certificate of each layer (`row.eps` in the compress report) holds for every
+input of its query space, but at the budgets people prune to it is often vacuous (eps >= 1).
+The held-out certificates (`coreprune.certify`) answer the question a user asks instead: on the
+deployment distribution, how often does the pruned model agree with the dense one, how accurate
+is it, and how often does a layer's output move by more than `--layer-eps`? They hold with
+probability `--confidence` from a held-out sample that nothing else has seen.
 
-With every hidden layer pruned, a row reports the worst layer: the largest certified eps and the
-largest measured error over the pruned pairs. Each pair's error is measured as `compress` saw it,
-in the network with the earlier pairs already pruned (that is what its certificate covers).
+The Fashion-MNIST test set is cut in two by a seeded permutation: the held-out part certifies,
+the rest measures (so the plot shows each certified lower bound next to a value measured on
+other data). Compression is data-free, or calibrated on validation images (never the test set).
 
-    python examples/guarantee_vs_accuracy.py                 # a few minutes on a 2-core CPU
-    python examples/guarantee_vs_accuracy.py --eps 0.1 0.3 --keep-fractions 0.5 --targets fc2
+    python examples/guarantee_vs_accuracy.py                    # pretrained LeNet-300-100
+    python examples/guarantee_vs_accuracy.py --methods coreset --targets 0.5 0.8 --guarantee agreement=0.95
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -27,40 +27,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import (
-    accuracy,
-    add_training_args,
-    fashion_loaders,
-    images,
-    layer_inputs,
-    load_or_train,
-    model_kwargs,
-    with_modules,
-)
+from _common import add_training_args, fashion_loaders, images, load_or_train, model_kwargs
 from torch import nn
 
-from coreprune import (
-    PruneResult,
-    QuerySpace,
-    adversarial_search,
-    compress,
-    coreset_prune,
-    measure_error,
+from coreprune import compress
+from coreprune.certify import (
+    Guarantee,
+    certified_compress,
+    certify,
+    layer_exceedance,
 )
-from coreprune.compress import DEFAULT_RANK, MAX_CALIBRATION_ROWS, CompressResult
-from coreprune.coreset import Sensitivities
-from coreprune.coreset.prune import MODES
-from coreprune.coreset.sensitivity import METHODS
 
-# LeNet-300-100 is Sequential(Flatten, fc1, ReLU, fc2, ReLU, fc3): (producer, consumer) names.
-LAYERS = {"fc1": ("layers.1", "layers.3"), "fc2": ("layers.3", "layers.5")}
-TARGETS = (*LAYERS, "all")
-QUERIES = ("data-free", "calibration")
+METHODS = ("coreset", "magnitude", "random")
 FIELDS = (
-    "target", "query", "mode", "request", "eps_requested", "keep_fraction_requested", "units",
-    "kept", "kept_fraction", "params", "cert_eps", "cert_delta", "vacuous", "data_error",
-    "data_error_raw", "adversarial_error", "ratio_data", "ratio_adversarial", "violations",
-    "accuracy", "seconds",
+    "method", "target", "params_removed", "worst_eps", "vacuous_layers", "layers",
+    "agreement_lower", "agreement_heldout", "agreement_test", "accuracy_lower",
+    "accuracy_heldout", "accuracy_test", "drop_upper", "drop_test", "layer_exceed_upper",
+    "layer_exceed_test", "seconds",
 )  # fmt: skip
 
 
@@ -71,222 +54,117 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add_training_args(p, model=None, epochs=3, limit=None, threads=1)
     p.add_argument(
-        "--eps", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.3, 0.5, 1.0], help="eps sweep"
+        "--train",
+        action="store_true",
+        help="train LeNet-300-100 (cached) instead of loading the shipped pretrained weights",
     )
     p.add_argument(
-        "--keep-fractions",
+        "--targets",
         type=float,
-        nargs="*",
-        default=[0.9, 0.75, 0.5],
-        help="kept fractions of units (with every layer: 1 - the params target of compress)",
+        nargs="+",
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="fractions of params to remove",
     )
-    p.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--queries", nargs="+", choices=QUERIES, default=list(QUERIES))
-    p.add_argument("--rank", type=int, default=DEFAULT_RANK, help="calibration subspace dimension")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--confidence", type=float, default=0.95, help="of every certificate")
+    p.add_argument(
+        "--holdout-fraction", type=float, default=0.5, help="share of the test set that certifies"
+    )
+    p.add_argument("--layer-eps", type=float, default=0.2, help="layer error threshold")
     p.add_argument(
         "--calibration",
         type=int,
         default=2000,
-        help=f"validation images spanning Q (at most {MAX_CALIBRATION_ROWS}, compress's cap)",
+        help="validation images for the coreset's calibration query space (0: data-free)",
     )
-    p.add_argument("--held-out", type=int, default=2000, help="test inputs for measured error")
-    p.add_argument("--sensitivity", choices=METHODS, default="auto", help="sensitivity bound")
-    p.add_argument("--delta", type=float, default=0.1, help="failure probability (sample mode)")
-    p.add_argument("--restarts", type=int, default=16, help="adversarial search restarts")
-    p.add_argument("--steps", type=int, default=100, help="adversarial search steps")
+    p.add_argument(
+        "--guarantee",
+        default=None,
+        help="also run certified_compress for this guarantee, e.g. agreement=0.95",
+    )
     p.add_argument("--out", type=Path, default=Path("runs") / "guarantee_vs_accuracy")
     args = p.parse_args(argv)
-    if not 1 <= args.calibration <= MAX_CALIBRATION_ROWS:
-        p.error(f"--calibration must lie in [1, {MAX_CALIBRATION_ROWS}]")
-    if any(not 0 < f <= 1 for f in args.keep_fractions):
-        p.error("--keep-fractions must lie in (0, 1]")
-    if not args.eps and not args.keep_fractions:
-        p.error("give at least one --eps or --keep-fractions value")
+    if any(not 0 < t < 1 for t in args.targets):
+        p.error("--targets must lie in (0, 1)")
+    if not 0 < args.holdout_fraction < 1:
+        p.error("--holdout-fraction must lie in (0, 1)")
+    args.targets = sorted(set(args.targets))
     return args
 
 
-class Sweep:
-    """The trained model, its data and the measuring routine shared by every row."""
+def load_model(args: argparse.Namespace, loaders: Any) -> tuple[nn.Module, str]:
+    """The shipped pretrained LeNet-300-100, or one trained here with --train (or if missing)."""
+    if not args.train:
+        try:
+            from coreprune.harness.pretrained import load_pretrained
 
-    def __init__(self, args: argparse.Namespace, model: nn.Module, loaders: Any) -> None:
-        self.args = args
-        self.model = model
-        self.test_loader = loaders.test
-        self.calib_images = images(loaders.val, args.calibration)
-        self.test_images = images(loaders.test, args.held_out)
-        self.gen = torch.Generator().manual_seed(args.seed)
-        # Computed once per dense layer (the SVD of the calibration inputs takes seconds):
-        self.sens: dict[tuple[str, str], Sensitivities] = {}  # (producer, query)
-        self.queries: dict[tuple[str, str], QuerySpace | None] = {}
-        self.held: dict[str, torch.Tensor] = {}
-
-    def query_for(
-        self, net: nn.Module, name: str, query: str, dense: bool = True
-    ) -> QuerySpace | None:
-        """Data-free (None), or the calibration subspace of layer `name`'s inputs in `net`."""
-        if query == "data-free":
-            return None
-        if dense and (name, query) in self.queries:
-            return self.queries[(name, query)]
-        inputs = layer_inputs(net, net.get_submodule(name), self.calib_images)
-        space = QuerySpace.from_calibration(inputs, self.args.rank)
-        if dense:
-            self.queries[(name, query)] = space
-        return space
-
-    def measure(
-        self, net: nn.Module, name: str, result: PruneResult, dense: bool = True
-    ) -> dict[str, Any]:
-        """Worst error on held-out inputs projected into Q, unprojected, and adversarially in Q,
-        and whether either exceeds the certificate (1 = a violation)."""
-        held = self.held.get(name) if dense else None
-        if held is None:
-            held = layer_inputs(net, net.get_submodule(name), self.test_images)
-            if dense:
-                self.held[name] = held
-        inside = measure_error(result, result.query.project(held)).worst
-        raw = measure_error(result, held).worst
-        adv = adversarial_search(
-            result,
-            restarts=self.args.restarts,
-            steps=self.args.steps,
-            starts=held[:16],
-            generator=self.gen,
-        ).worst
-        eps = result.certificate.eps
-        broken = max(inside, adv) > eps * (1 + 1e-9) + 1e-12  # the 1e-9 of theory.md section 6
-        return {
-            "data_error": inside,
-            "data_error_raw": raw,
-            "adversarial_error": adv,
-            "violations": int(broken),
-        }
-
-    def one_layer(
-        self, target: str, query: str, mode: str, eps: float | None, keep: float | None
-    ) -> dict[str, Any]:
-        """Prune one hidden layer with `coreset_prune`; the rest of the network stays dense."""
-        producer_name, consumer_name = LAYERS[target]
-        layer = self.model.get_submodule(producer_name)
-        next_layer = self.model.get_submodule(consumer_name)
-        q = self.query_for(self.model, producer_name, query)
-        n = layer.out_features
-        count = None if keep is None else max(1, round(keep * n))
-        result = coreset_prune(
-            layer,
-            eps,
-            next_layer,
-            mode=mode,
-            keep=count,
-            query=q,
-            delta=self.args.delta,
-            generator=self.gen,
-            sensitivity=self.args.sensitivity,
-            sensitivities=self.sens.get((producer_name, query)),
-        )
-        self.sens[(producer_name, query)] = result.sensitivities
-        errors = self.measure(self.model, producer_name, result)
-        new_layer, new_next = result.apply()
-        pruned = with_modules(self.model, {producer_name: new_layer, consumer_name: new_next})
-        cert = result.certificate
-        return {
-            "units": n,
-            "kept": cert.kept,
-            "params": sum(p.numel() for p in pruned.parameters()),
-            "cert_eps": cert.eps,
-            "cert_delta": cert.delta,
-            "vacuous": cert.vacuous,
-            **errors,
-            "accuracy": accuracy(pruned, self.test_loader),
-        }
-
-    def all_layers(
-        self, query: str, mode: str, eps: float | None, keep: float | None
-    ) -> dict[str, Any]:
-        """Prune every hidden layer with `compress`, then measure each pair as compress saw it."""
-        calibration = None if query == "data-free" else self.calib_images
-        result = compress(
-            self.model,
-            eps=eps,
-            target=None if keep is None else 1 - keep,
-            mode=mode,
-            calibration=calibration,
-            rank=None if calibration is None else self.args.rank,
-            delta=self.args.delta,
-            generator=self.gen,
-            sensitivity=self.args.sensitivity,
-            progress=False,
-        )
-        errors = self.replay(result, query)
-        report = result.report
-        certs = [r.certificate for r in report if r.certificate is not None]
-        worst = max(certs, key=lambda c: c.eps)
-        return {
-            "units": sum(r.units_before for r in report),
-            "kept": sum(r.units_after for r in report),
-            "params": report.params_after,
-            "cert_eps": worst.eps,
-            "cert_delta": max(c.delta for c in certs),
-            "vacuous": worst.vacuous,
-            **errors,
-            "accuracy": accuracy(result.model, self.test_loader),
-        }
-
-    def replay(self, result: CompressResult, query: str) -> dict[str, Any]:
-        """Redo compress's pairs in order on a dense copy, measuring each pair's layer error.
-
-        Each pair gets a `PruneResult` for its current modules and query space whose kept units,
-        scales and certificate are the report row's, so the library's own error algebra
-        (`measure_error`, `adversarial_search`) checks exactly what compress did. The rebuilt
-        network must equal `result.model`; a mismatch is an error, not a silent difference.
-        """
-        work = with_modules(self.model, {})
-        worst = {"data_error": 0.0, "data_error_raw": 0.0, "adversarial_error": 0.0}
-        violations = 0
-        for index, row in enumerate(result.report):
-            layer = work.get_submodule(row.producer)
-            next_layer = work.get_submodule(row.consumer)
-            dense = index == 0  # the first pair sees the dense network
-            q = self.query_for(work, row.producer, query, dense)
-            base = coreset_prune(
-                layer,
-                None,
-                next_layer,
-                keep=layer.out_features,
-                mode="select",
-                query=q,
-                sensitivity=self.args.sensitivity,
-                sensitivities=self.sens.get((row.producer, query)) if dense else None,
-            )
-            if dense:
-                self.sens[(row.producer, query)] = base.sensitivities
-            if row.certificate is None or base.query.describe() != row.query:
-                raise RuntimeError(f"{row.producer}: cannot rebuild compress's query space")
-            pair = dataclasses.replace(
-                base,
-                keep=row.keep,
-                scale=row.scale.to(torch.float64),
-                certificate=row.certificate,
-            )
-            errors = self.measure(work, row.producer, pair, dense)
-            violations += errors.pop("violations")
-            for key, value in errors.items():
-                worst[key] = max(worst[key], value)
-            new_layer, new_next = pair.apply()
-            work = with_modules(work, {row.producer: new_layer, row.consumer: new_next})
-        final = dict(result.model.state_dict())
-        for name, tensor in work.state_dict().items():
-            if final[name].shape != tensor.shape or not torch.allclose(final[name], tensor):
-                raise RuntimeError(f"replay differs from compress's model at {name}")
-        return {**worst, "violations": violations}
+            return load_pretrained("lenet300100"), "pretrained"
+        except (ImportError, FileNotFoundError) as err:
+            print(f"no pretrained LeNet-300-100 ({err}); training one")
+    model, _ = load_or_train(args, "lenet300100", model_kwargs("lenet300100"), loaders)
+    return model, f"trained {args.epochs} epochs"
 
 
-def requests(args: argparse.Namespace) -> list[tuple[str, float | None, float | None]]:
-    """(label, eps, kept fraction) for each point of the sweep."""
-    out: list[tuple[str, float | None, float | None]] = [(f"eps={e:g}", e, None) for e in args.eps]
-    out += [(f"keep={f:g}", None, f) for f in args.keep_fractions]
-    return out
+def split_test(loader: Any, fraction: float, seed: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """(held-out inputs, labels), (test inputs, labels): a seeded split of the test set."""
+    xs, ys = zip(*loader, strict=True)
+    x, y = torch.cat(xs), torch.cat(ys)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = round(fraction * len(y))
+    held, test = perm[:cut], perm[cut:]
+    return (x[held], y[held]), (x[test], y[test])
+
+
+def run(
+    args: argparse.Namespace,
+    model: nn.Module,
+    method: str,
+    target: float,
+    holdout: tuple[torch.Tensor, ...],
+    test: tuple[torch.Tensor, ...],
+    calibration: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Compress to `target` with `method`; certify on the holdout; measure on the test part."""
+    t0 = time.perf_counter()
+    result = compress(model, **compress_options(args, method, calibration), target=target)
+    cert = certify(model, result.model, (holdout[0], holdout[1]), args.confidence)
+    measured = certify(model, result.model, (test[0], test[1]), args.confidence)
+    rows = result.report.rows
+    layers = layer_exceedance(model, result.model, rows, holdout[0], args.layer_eps,
+                              args.confidence)  # fmt: skip
+    layers_test = layer_exceedance(model, result.model, rows, test[0], args.layer_eps,
+                                   args.confidence)  # fmt: skip
+    eps = [r.eps for r in rows if r.eps is not None]
+    return {
+        "method": method,
+        "target": target,
+        "params_removed": result.report.params_removed,
+        "worst_eps": max(eps) if eps else math.nan,
+        "vacuous_layers": sum(bool(r.vacuous) for r in rows),
+        "layers": len(rows),
+        "agreement_lower": cert.agreement_lower,
+        "agreement_heldout": cert.agreement,
+        "agreement_test": measured.agreement,
+        "accuracy_lower": cert.accuracy_lower,
+        "accuracy_heldout": cert.accuracy,
+        "accuracy_test": measured.accuracy,
+        "drop_upper": cert.accuracy_drop_upper,
+        "drop_test": measured.accuracy_drop,
+        "layer_exceed_upper": max(r.exceed_upper for r in layers),
+        "layer_exceed_test": max(r.exceed_fraction for r in layers_test),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def compress_options(
+    args: argparse.Namespace, method: str, calibration: torch.Tensor | None
+) -> dict[str, Any]:
+    options: dict[str, Any] = {"method": method, "progress": False}
+    if method == "coreset" and calibration is not None:
+        options["calibration"] = calibration
+    if method == "random":
+        options["generator"] = torch.Generator().manual_seed(args.seed)
+    return options
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -294,29 +172,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     start = time.perf_counter()
     loaders = fashion_loaders(args)
-    model, _ = load_or_train(args, "lenet300100", model_kwargs("lenet300100"), loaders)
-    model = model.cpu().eval()  # small float64 geometry: the CPU is the right place
-    dense_acc = accuracy(model, loaders.test)
-    print(f"dense LeNet-300-100: test accuracy {dense_acc:.4f}\n")
-    sweep = Sweep(args, model, loaders)
-    rows: list[dict[str, Any]] = []
-    header = (
-        f"{'target':6} {'query':11} {'mode':6} {'request':10} {'kept':>8} {'cert eps':>9} "
-        f"{'data':>9} {'advers.':>9} {'adv/eps':>7} {'test acc':>8}"
+    model, source = load_model(args, loaders)
+    model = model.cpu().eval()
+    holdout, test = split_test(loaders.test, args.holdout_fraction, args.seed)
+    calibration = images(loaders.val, args.calibration) if args.calibration else None
+    print(
+        f"LeNet-300-100 ({source}); {len(holdout[1])} held-out images certify, "
+        f"{len(test[1])} other test images measure; confidence {args.confidence:g} per row "
+        f"(agreement, accuracy and drop hold together within a row)\n"
     )
-    print(header)
-    for target in args.targets:
-        for query in args.queries:
-            for mode in args.modes:
-                for label, eps, keep in requests(args):
-                    t0 = time.perf_counter()
-                    if target == "all":
-                        row = sweep.all_layers(query, mode, eps, keep)
-                    else:
-                        row = sweep.one_layer(target, query, mode, eps, keep)
-                    row = _finish(row, target, query, mode, label, eps, keep, t0)
-                    rows.append(row)
-                    _print_row(row)
+    print(
+        f"{'method':9} {'target':>6} {'removed':>7} {'worst eps':>10} | {'agree >=':>8} "
+        f"{'test':>6} | {'acc >=':>6} {'test':>6} | {'drop <=':>7} {'test':>6} | "
+        f"{'P(layer err>' + format(args.layer_eps, 'g') + ') <=':>18} {'test':>6}"
+    )
+    rows: list[dict[str, Any]] = []
+    for method in args.methods:
+        for target in args.targets:
+            row = run(args, model, method, target, holdout, test, calibration)
+            rows.append(row)
+            _print_row(row)
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "guarantee_vs_accuracy.csv"
     with csv_path.open("w", newline="") as handle:
@@ -324,55 +199,53 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     print(f"\nwrote {csv_path}")
-    broken = [r for r in rows if r["violations"]]
-    print(
-        f"{len(broken)} of {len(rows)} rows have a layer whose measured error exceeds its "
-        "certified eps"
-        + (" (sampled certificates may fail with probability delta)" if broken else "")
-    )
-    plot(rows, dense_acc, args.out / "guarantee_vs_accuracy.png")
+    with torch.no_grad():
+        dense_acc = float((model(test[0]).argmax(1) == test[1]).double().mean())
+    plot(rows, args, dense_acc, args.out / "guarantee_vs_accuracy.png")
+    if args.guarantee:
+        demo_certified(args, model, holdout, calibration)
     print(f"total {time.perf_counter() - start:.1f} s")
     return rows
 
 
-def _finish(
-    row: dict[str, Any],
-    target: str,
-    query: str,
-    mode: str,
-    label: str,
-    eps: float | None,
-    keep: float | None,
-    t0: float,
-) -> dict[str, Any]:
-    cert = row["cert_eps"]
-    return {
-        "target": target,
-        "query": query,
-        "mode": mode,
-        "request": label,
-        "eps_requested": eps,
-        "keep_fraction_requested": keep,
-        **row,
-        "kept_fraction": row["kept"] / row["units"],
-        "ratio_data": row["data_error"] / cert if cert > 0 else math.nan,
-        "ratio_adversarial": row["adversarial_error"] / cert if cert > 0 else math.nan,
-        "seconds": time.perf_counter() - t0,
-    }
+def demo_certified(
+    args: argparse.Namespace,
+    model: nn.Module,
+    holdout: tuple[torch.Tensor, ...],
+    calibration: torch.Tensor | None,
+) -> None:
+    """certified_compress: the strongest budget of --targets whose guarantee is certified."""
+    metric, _, level = args.guarantee.partition("=")
+    guarantee = Guarantee(metric, float(level))
+    try:
+        out = certified_compress(
+            model, guarantee=guarantee, holdout=(holdout[0], holdout[1]),
+            confidence=args.confidence, targets=args.targets,
+            **compress_options(args, "coreset", calibration),
+        )  # fmt: skip
+    except ValueError as err:
+        print(f"\ncertified_compress: {err}")
+        return
+    print(f"\n{out}")
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    eps = f"{row['cert_eps']:.3g}" + ("*" if row["vacuous"] else "")
+    eps = "—" if math.isnan(row["worst_eps"]) else f"{row['worst_eps']:.3g}"
+    if row["vacuous_layers"]:
+        eps += f" ({row['vacuous_layers']}/{row['layers']} vac.)"
     print(
-        f"{row['target']:6} {row['query']:11} {row['mode']:6} {row['request']:10} "
-        f"{row['kept']:>4}/{row['units']:<3} {eps:>9} {row['data_error']:>9.2e} "
-        f"{row['adversarial_error']:>9.2e} {row['ratio_adversarial']:>7.3f} "
-        f"{row['accuracy']:>8.4f}" + ("  VIOLATION" if row["violations"] else "")
+        f"{row['method']:9} {row['target']:>6g} {100 * row['params_removed']:>6.1f}% "
+        f"{eps:>10} | {row['agreement_lower']:>8.4f} {row['agreement_test']:>6.4f} | "
+        f"{row['accuracy_lower']:>6.4f} {row['accuracy_test']:>6.4f} | "
+        f"{row['drop_upper']:>+7.4f} {row['drop_test']:>+6.4f} | "
+        f"{row['layer_exceed_upper']:>18.4f} {row['layer_exceed_test']:>6.4f}"
     )
 
 
-def plot(rows: Sequence[dict[str, Any]], dense_acc: float, path: Path) -> None:
-    """Certified eps vs measured error (log-log, y = x) and accuracy vs kept fraction."""
+def plot(
+    rows: Sequence[dict[str, Any]], args: argparse.Namespace, dense_acc: float, path: Path
+) -> None:
+    """Certified lower bound (dashed) vs measured value (solid) as compression grows."""
     try:
         import matplotlib
 
@@ -381,52 +254,49 @@ def plot(rows: Sequence[dict[str, Any]], dense_acc: float, path: Path) -> None:
     except ImportError:
         print("matplotlib is not installed: skipping the plot (pip install 'coreprune[plots]')")
         return
-    targets = list(dict.fromkeys(r["target"] for r in rows))
-    colors = {"data-free": "tab:red", "calibration": "tab:blue"}
-    markers = {"select": "o", "sample": "^"}
-    fig, axes = plt.subplots(len(targets), 2, figsize=(11, 3.6 * len(targets)), squeeze=False)
-    for (left, right), target in zip(axes, targets, strict=True):
-        mine = [r for r in rows if r["target"] == target]
-        drawn = [r for r in mine if r["cert_eps"] > 0 and r["adversarial_error"] > 0]
-        for query, color in colors.items():
-            for mode, marker in markers.items():
-                group = [r for r in drawn if r["query"] == query and r["mode"] == mode]
-                everyone = [r for r in mine if r["query"] == query and r["mode"] == mode]
-                if group:
-                    eps = [r["cert_eps"] for r in group]
-                    left.scatter(eps, [r["adversarial_error"] for r in group], c=color,
-                                 marker=marker, label=f"{query}, {mode}: adversarial")  # fmt: skip
-                    left.scatter(eps, [r["data_error"] for r in group], facecolors="none",
-                                 edgecolors=color, marker=marker, label=f"{query}, {mode}: data")  # fmt: skip
-                if everyone:
-                    right.scatter([r["kept_fraction"] for r in everyone],
-                                  [r["accuracy"] for r in everyone], c=color, marker=marker,
-                                  label=f"{query}, {mode}")  # fmt: skip
+    colors = {"coreset": "tab:blue", "magnitude": "tab:orange", "random": "tab:green"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (
+        ("agreement", "agreement with the dense model"),
+        ("accuracy", "accuracy"),
+    )
+    for ax, (key, title) in zip(axes, panels, strict=False):
+        for method in dict.fromkeys(r["method"] for r in rows):
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["target"])
+            x = [100 * r["params_removed"] for r in mine]
+            color = colors.get(method, "k")
+            ax.plot(x, [r[f"{key}_test"] for r in mine], "-o", color=color, ms=4,
+                    label=f"{method}: measured on test part")  # fmt: skip
+            ax.plot(x, [r[f"{key}_lower"] for r in mine], "--v", color=color, ms=4,
+                    label=f"{method}: certified lower bound")  # fmt: skip
+        if key == "accuracy":
+            ax.axhline(dense_acc, color="gray", ls=":", lw=1, label="dense model (test part)")
+        ax.set_title(f"{title} (confidence {args.confidence:g})")
+        ax.set_xlabel("params removed (%)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["target"])
+        drawn = [r for r in mine if not math.isnan(r["worst_eps"]) and r["worst_eps"] > 0]
         if drawn:
-            values = [r["cert_eps"] for r in drawn] + [
-                v for r in drawn for v in (r["adversarial_error"], r["data_error"]) if v > 0
-            ]
-            lo, hi = min(values) / 2, max(values) * 2
-            left.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (certificate)")
-            if hi > 1:
-                left.axvline(1.0, color="gray", ls=":", lw=1, label="eps = 1 (vacuous beyond)")
-            left.set_xscale("log")
-            left.set_yscale("log")
-            left.legend(fontsize=7)
-        skipped = len(mine) - len(drawn)
-        left.set_title(f"{target}: worst error vs certified eps")
-        if skipped:
-            left.text(0.98, 0.02, f"not drawn (eps or error 0): {skipped} rows", ha="right",
-                      va="bottom", transform=left.transAxes, fontsize=7)  # fmt: skip
-        left.set_xlabel("certified eps")
-        left.set_ylabel("measured worst relative error")
-        right.axhline(dense_acc, color="gray", ls=":", label="dense")
-        right.set_title(f"{target}: test accuracy vs units kept")
-        right.set_xlabel("fraction of units kept")
-        right.set_ylabel("test accuracy")
-        right.legend(fontsize=7)
+            ax.plot([100 * r["params_removed"] for r in drawn], [r["worst_eps"] for r in drawn],
+                    "-s", color=colors.get(method, "k"), ms=4,
+                    label=f"{method}: worst-case eps (largest layer)")  # fmt: skip
+        ax.plot([100 * r["params_removed"] for r in mine],
+                [r["layer_exceed_upper"] for r in mine], "--v", color=colors.get(method, "k"),
+                ms=4, alpha=0.6,
+                label=f"{method}: certified P(layer error > {args.layer_eps:g})")  # fmt: skip
+    ax.axhline(1.0, color="gray", ls=":", lw=1, label="1 (eps >= 1 is vacuous)")
+    ax.set_yscale("log")
+    ax.set_title("worst-case eps vs held-out layer exceedance")
+    ax.set_xlabel("params removed (%)")
+    ax.set_ylabel("eps / probability (log scale)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")
 
