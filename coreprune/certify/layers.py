@@ -34,7 +34,7 @@ from coreprune.certify._data import (
 )
 from coreprune.certify.bounds import clopper_pearson_upper
 from coreprune.certify.heldout import ASSUMPTION
-from coreprune.compress.api import LayerRow
+from coreprune.compress import LayerRow
 
 __all__ = ["LayerExceedance", "LayerExceedanceReport", "layer_exceedance"]
 
