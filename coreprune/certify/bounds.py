@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import beta  # type: ignore[import-untyped]
+from scipy.stats import beta
 
 __all__ = ["clopper_pearson_lower", "clopper_pearson_upper", "min_holdout_size"]
 
