@@ -11,7 +11,9 @@ class Certificate:
 
     e_j(x) = sum_i |U_ji| |p_i . [x; 1]| is the envelope. The bound holds always when
     ``delta == 0`` and with probability at least ``1 - delta`` over the sampling otherwise.
-    It is vacuous (says nothing useful) when eps >= 1.
+    It is vacuous (says nothing useful) when eps >= 1. ``caveats`` lists every condition the
+    bound is subject to (a restricted query space, rounding charged into it, max pooling after
+    the layer, ...); ``str()`` prints them, so a certificate printed alone still states them.
     """
 
     eps: float
@@ -26,6 +28,11 @@ class Certificate:
     eps_deterministic: float | None = None
     eps_probabilistic: float | None = None
     note: str = ""
+    caveats: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.caveats, tuple) or not all(isinstance(c, str) for c in self.caveats):
+            raise TypeError(f"caveats must be a tuple of str, got {self.caveats!r}")
 
     @property
     def vacuous(self) -> bool:
@@ -40,4 +47,7 @@ class Certificate:
         tail = f"mode={self.mode}, kept {self.kept}/{self.units}, sensitivity={self.sensitivity}, t={self.total_sensitivity:.4g}"
         if self.draws is not None:
             tail += f", m={self.draws} draws"
-        return f"{head} ({tail}){'; ' + self.note if self.note else ''}"
+        text = f"{head} ({tail}){'; ' + self.note if self.note else ''}"
+        if self.caveats:
+            text += "; caveats: " + "; ".join(self.caveats)
+        return text

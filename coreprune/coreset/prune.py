@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from coreprune.coreset.sampling import (
     sample_eps,
     sample_size,
 )
-from coreprune.coreset.sensitivity import Sensitivities, compute_sensitivities
+from coreprune.coreset.sensitivity import Provenance, Sensitivities, compute_sensitivities
 from coreprune.surgery.activations import Activation, resolve_activation
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import (
@@ -57,7 +58,20 @@ class PruneResult:
         return w
 
     def apply(self) -> tuple[Producer, Producer | None]:
-        """New, smaller (layer, next_layer); the next layer's inputs rescaled. Inputs untouched."""
+        """New, smaller (layer, next_layer); the next layer's inputs rescaled. Inputs untouched.
+
+        The certificate assumes kept unit i's output is multiplied by `scale`; the scales go into
+        the next layer's input columns. Without a next layer there is nowhere to put them, so a
+        result whose scales are not all 1 (mode="sample") is refused with a ValueError rather
+        than returned without them; scales of 1 (mode="select") need nothing.
+        """
+        if self.next_layer is None and bool((self.scale != 1).any()):
+            raise ValueError(
+                "apply() needs next_layer: the certificate assumes the kept units' outputs are "
+                "multiplied by result.scale (sampling weights), and without a next layer there is "
+                "nowhere to put them. Pass next_layer to coreset_prune, use mode='select' "
+                "(all scales 1), or multiply the kept outputs by result.scale yourself"
+            )
         new_layer = slice_producer(self.layer, self.keep)
         if self.next_layer is None:
             return new_layer, None
@@ -86,6 +100,7 @@ def coreset_prune(
     tol: float = 1e-3,
     progress: bool = False,
     sensitivities: Sensitivities | None = None,
+    max_pooling: bool = False,
 ) -> PruneResult:
     """Prune the units of `layer` (nn.Linear or nn.Conv2d) with a certified relative error.
 
@@ -95,15 +110,21 @@ def coreset_prune(
     restricts the inputs the certificate covers (default: all of R^d, data-free); for a conv
     layer, queries are im2col patches. `norm` is an eval-mode batch norm between `layer` and its
     activation. Neither module is modified; call `.apply()` for the smaller ones.
+    `sensitivities` reuses an earlier result's bounds; they are refused unless they were computed
+    for these very units, reading weights and query space (their provenance). Say
+    `max_pooling=True` when a max pool sits between the layers: the certificate then states that
+    eps covers the map before pooling only.
     """
     layer = check_producer(layer)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(max_pooling, bool):
+        raise TypeError(f"max_pooling must be a bool, got {type(max_pooling).__name__}")
     act = resolve_activation(activation)
-    units_full = layer_units(layer, norm)
+    units_full = layer_units(layer, cast(Norm | None, norm))  # layer_units checks its type
     n = units_full.shape[0]
     if next_layer is not None:
-        next_layer = check_consumer(next_layer, n)
+        next_layer = check_consumer(next_layer, n, producer=layer)
         if next_layer.weight.device != layer.weight.device:
             raise ValueError(
                 f"layer is on {layer.weight.device} but next_layer on {next_layer.weight.device}; move both to one device"
@@ -118,28 +139,22 @@ def coreset_prune(
     query = _resolve_query(query, units_full.shape[1] - 1)
     reading = next_weights(next_layer, n, device=units_full.device)
     # Data-free, the lifting is the identity: skip a (d+1)^2 matmul that dominates on wide convs.
-    units_q = units_full if query.basis is None else units_full @ query.lifting(units_full.device)
+    units_q, error = _lift(units_full, query)
     if sensitivities is None:
-        sens = compute_sensitivities(units_q, reading, sensitivity, tol=tol, progress=progress)
-    elif not isinstance(sensitivities, Sensitivities):
-        raise TypeError(
-            f"sensitivities must come from an earlier result's .sensitivities, got {type(sensitivities).__name__}"
-        )
-    elif sensitivities.per_next.shape != reading.shape:
-        raise ValueError(
-            f"sensitivities are for {tuple(sensitivities.per_next.shape)} (next units x units) but this "
-            f"layer pair needs {tuple(reading.shape)}; recompute them"
+        sens = compute_sensitivities(
+            units_q, reading, sensitivity, tol=tol, progress=progress, query=query, error=error
         )
     else:
-        sens = sensitivities
+        sens = _check_sensitivities(sensitivities, Provenance.of(units_q, reading, query))
     if mode == "select":
-        kept, scale, cert = _select(sens, eps, keep)
+        kept, scale, fields = _select(sens, eps, keep)
     else:
-        kept, scale, cert = _sample(sens, eps, keep, delta, act, n, generator)
+        kept, scale, fields = _sample(sens, eps, keep, delta, act, n, generator)
     used = "+".join(sens.bounds)
     cert = Certificate(
-        query=query.describe(), mode=mode, sensitivity=used, units=n, kept=int(kept.numel()), **cert
-    )
+        query=query.describe(), mode=mode, sensitivity=used, units=n, kept=int(kept.numel()),
+        caveats=_caveats(query, sens, next_layer is None, max_pooling), **fields,
+    )  # fmt: skip
     return PruneResult(
         keep=kept,
         scale=scale,
@@ -152,8 +167,65 @@ def coreset_prune(
         query=query,
         layer=layer,
         next_layer=next_layer,
-        norm=norm,
+        norm=cast(Norm | None, norm),
     )
+
+
+def _lift(units: torch.Tensor, query: QuerySpace) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Units in query coordinates, and an entry-wise bound on the rounding of the lifting product.
+
+    |fl(P L) - P L| <= gamma_K |P| |L| with gamma_K <= (K + 1) eps for inner dimension K; the
+    bound is charged into the sensitivities (docs/theory.md §6). Data-free, nothing is rounded.
+    """
+    if query.basis is None:
+        return units, None
+    lift = query.lifting(units.device)
+    gamma = (units.shape[1] + 1) * torch.finfo(torch.float64).eps
+    return units @ lift, gamma * (units.abs() @ lift.abs())
+
+
+def _check_sensitivities(given: object, wanted: Provenance) -> Sensitivities:
+    """Accept earlier bounds only for the very units, reading weights and query space at hand."""
+    if not isinstance(given, Sensitivities):
+        raise TypeError(
+            f"sensitivities must come from an earlier result's .sensitivities, got {type(given).__name__}"
+        )
+    if given.provenance is None:
+        raise ValueError(
+            "sensitivities carry no provenance (built by hand?), so nothing shows they hold for "
+            "this layer pair; compute them with compute_sensitivities(..., query=...) or take an "
+            "earlier result's .sensitivities"
+        )
+    differ = given.provenance.differences(wanted)
+    if differ:
+        raise ValueError(
+            "sensitivities were computed for different inputs: "
+            + "; ".join(differ)
+            + " differ from this call's. Recompute them (sensitivities=None)"
+        )
+    return given
+
+
+def _caveats(
+    query: QuerySpace, sens: Sensitivities, no_next: bool, max_pooling: bool
+) -> tuple[str, ...]:
+    """Every condition the certificate's eps is subject to, in words."""
+    out = []
+    if query.basis is not None:
+        out.append(
+            f"covers only inputs in the query space ({query.describe()}); inputs outside it are "
+            "not covered (QuerySpace.residual measures how far they stick out)"
+        )
+    if sens.charge > 0:
+        out.append(
+            f"rounding charged into the sensitivities: additive delta up to {sens.charge:.2g} "
+            "(docs/theory.md §6)"
+        )
+    if no_next:
+        out.append("no next layer given: eps bounds the plain sum of the units' outputs")
+    if max_pooling:
+        out.append("max pooling between the layers: eps covers the map before pooling")
+    return tuple(out)
 
 
 def _check_request(eps: float | None, keep: int | None, delta: float, n: int) -> None:
@@ -201,6 +273,7 @@ def _select(
         sens.per_next[:, order].cumsum(dim=1).max(dim=0).values
     )  # eps after removing a prefix
     if keep is None:
+        assert eps is not None  # _check_request: exactly one of eps and keep
         removable = int((cumulative <= eps).sum())
         removed = min(removable, n - 1)  # at least one unit stays
     else:
@@ -236,6 +309,7 @@ def _sample(
                 f"mode='sample' with eps needs a piecewise-linear activation (relu, leaky_relu, identity) "
                 f"for Theorem 4; {act} is not: use mode='select', or keep= for a deterministic bound"
             )
+        assert eps is not None  # _check_request: exactly one of eps and keep
         draws = sample_size(eps, delta, total, n, sens.dim, k)
         counts = draw_counts(probs, draws, generator)
         eps_prob = sample_eps(draws, delta, total, n, sens.dim, k)

@@ -218,6 +218,7 @@ class _State:
             # (below OpenBLAS's threading threshold, about a third of torch's per-call
             # overhead); the (n, m) product stays in torch (on one thread).
             a = self.minv_f
+            assert self.q_np is not None  # set whenever self.small
             v_np = blas.dsymv(1.0, a, self.q_np[idx])
             qv_np = torch.mv(self.q, torch.from_numpy(v_np)).numpy()
             blas.dsyr(-beta * c, v_np, a=a, overwrite_a=True)
@@ -252,9 +253,7 @@ class _State:
         return self.u_t.clone()
 
 
-def d_optimal_design(
-    q: Tensor, u0: Tensor, tol: float, max_iter: int
-) -> tuple[Tensor, int]:
+def d_optimal_design(q: Tensor, u0: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int]:
     """Frank–Wolfe with away steps for max log det sum u_i q_i q_i^T from u0 (nonsingular).
 
     Returns (u, iterations). Stops only when exact omega satisfy the certified rule.

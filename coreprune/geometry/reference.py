@@ -73,7 +73,12 @@ def mvee_reference(
         raise RuntimeError(f"cvxpy did not solve the MVEE problem (status {prob.status!r})")
     p_mat = 0.5 * (p_var.value + p_var.value.T)
     a_z = p_mat @ p_mat
-    c_z = np.zeros(r) if b_var is None else -np.linalg.solve(p_mat, b_var.value)
+    c_z = np.zeros(r)
+    if b_var is not None:
+        offset = b_var.value
+        if offset is None:
+            raise RuntimeError("cvxpy returned no value for the ellipsoid's offset")
+        c_z = -np.linalg.solve(p_mat, np.asarray(offset, dtype=np.float64))
     duals = cons[0].dual_value
     weights = np.full(n, 1.0 / n)
     if duals is not None:
