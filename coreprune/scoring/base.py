@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from coreprune.checks import check_int
+
 from .gates import UnitGates
 
 __all__ = ["Pruner"]
@@ -44,12 +46,21 @@ class Pruner(ABC):
         return f"{type(self).__name__}()"
 
 
+def check_shape(value: object, name: str) -> tuple[int, ...]:
+    """A per-example input shape such as (C, H, W): a non-empty sequence of ints >= 1."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints such as (3, 32, 32), got {value!r}")
+    if len(value) == 0:
+        raise ValueError(f"{name} is empty; give the per-example shape such as (3, 32, 32)")
+    return tuple(check_int(s, f"{name}[{i}]", minimum=1) for i, s in enumerate(value))
+
+
 def input_like(
     shape: Sequence[int] | None, example_input: torch.Tensor | None, who: str
 ) -> tuple[int, ...]:
     """The per-example input shape, from the method's own setting or an example batch."""
     if shape is not None:
-        return tuple(int(s) for s in shape)
+        return check_shape(shape, "input_shape")
     if example_input is None:
         raise ValueError(
             f"{who} needs the input shape: pass input_shape=(C, H, W) to it, or example_input= "

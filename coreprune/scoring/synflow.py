@@ -19,7 +19,7 @@ from torch import nn
 from coreprune.checks import check_int
 from coreprune.torch_utils import model_device, module_weight
 
-from .base import Pruner, input_like
+from .base import Pruner, check_shape, input_like
 from .gates import UnitGates
 
 __all__ = ["SynFlow"]
@@ -44,7 +44,7 @@ class SynFlow(Pruner):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.float64 (default) or torch.float32, got {dtype}")
         self.rounds = rounds
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.input_shape = None if input_shape is None else check_shape(input_shape, "input_shape")
         self.dtype = dtype
 
     def linearised(self, model: nn.Module) -> nn.Module:

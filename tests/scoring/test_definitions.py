@@ -270,3 +270,7 @@ def test_bad_input_is_refused() -> None:
         prune_weights(model, "magnitude", 0.5, layers=["nope"])
     with pytest.raises(ValueError, match="p must be 1"):
         Magnitude(3)
+    with pytest.raises(TypeError, match=r"input_shape\[1\] must be an int"):
+        SynFlow(input_shape=(3, 2.5))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"input_shape\[0\] must be >= 1"):
+        SynFlow(input_shape=(0, 4))
