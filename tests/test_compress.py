@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import warnings
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def test_masked_dense_model_equals_the_smaller_one(name: str) -> None:
     for mode in ("select", "sample"):
         result = compress(
             model, target=0.5, mode=mode, generator=torch.Generator().manual_seed(0),
-            sensitivity="leverage", progress=False,
+            sensitivity="leverage", compensate="none", progress=False,
         )  # fmt: skip
         if mode == "select":
             assert all(torch.all(row.scale == 1) for row in result.report)
@@ -222,13 +223,24 @@ def test_macs_budget_is_counted_by_the_flop_counter() -> None:
     assert result.report.achieved >= 0.4
 
 
-def test_unreachable_target_warns_and_keeps_one_unit() -> None:
-    with pytest.warns(UserWarning, match="not reachable"):
-        result = compress(_model("resnet20"), target=0.9, progress=False)
-    report = result.report
-    assert report.target_reached is False
-    assert "UNREACHABLE" in report.budget and "NOT REACHED" in report.budget
-    assert all(r.units_after == 1 and "at least one" in r.note for r in report)
+def test_unreachable_target_is_an_error_naming_the_reachable_maximum() -> None:
+    model = _model("resnet20")
+    with pytest.raises(ValueError, match=r"cannot be reached.*at most 0\.8\d+ can be removed"):
+        compress(model, target=0.9, progress=False)
+    with pytest.raises(ValueError, match="at most"):
+        compress(model, target=0.9, floor=0.0, progress=False)  # 1 unit per pair: still short
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_no_pair_is_cut_below_its_floor(allocation: str) -> None:
+    model = _model("lenet300100")
+    for floor in (0.1, 0.3):
+        report = compress(
+            model, target=0.5, allocation=allocation, floor=floor, progress=False
+        ).report
+        assert report.target_reached
+        for row in report:
+            assert row.units_after >= math.ceil(floor * row.units_before)
 
 
 def test_random_method_matches_the_coreset_budget_and_is_seeded() -> None:
@@ -301,11 +313,11 @@ def test_bad_inputs_are_refused_with_the_argument_named() -> None:
     cases: list[tuple[dict[str, object], type[Exception], str]] = [
         ({}, ValueError, "exactly one of eps"),
         ({"eps": 0.1, "target": 0.5}, ValueError, "exactly one of eps"),
-        ({"target": 0.0}, ValueError, "target must be a fraction"),
-        ({"target": 1.0}, ValueError, "target must be a fraction"),
-        ({"target": 1.5}, ValueError, "target must be a fraction"),
-        ({"target": "0.5"}, TypeError, "target must be a float"),
-        ({"eps": -1.0}, ValueError, "eps must be"),
+        ({"target": 0.0}, ValueError, "target must lie in"),
+        ({"target": 1.0}, ValueError, "target must lie in"),
+        ({"target": 1.5}, ValueError, "target must lie in"),
+        ({"target": "0.5"}, TypeError, "target must be a real number"),
+        ({"eps": -1.0}, ValueError, "eps must lie in"),
         ({"eps": 0.1, "method": "random"}, ValueError, "eps needs method='coreset'"),
         ({"target": 0.5, "method": "magic"}, ValueError, "method must be one of"),
         ({"target": 0.5, "mode": "best"}, ValueError, "mode must be one of"),
@@ -315,16 +327,16 @@ def test_bad_inputs_are_refused_with_the_argument_named() -> None:
         ({"eps": 0.1, "allocation": "global"}, ValueError, "only with target"),
         ({"target": 0.5, "rank": 4}, ValueError, "pass calibration"),
         ({"target": 0.5, "calibration": _input(), "rank": 0}, ValueError, "rank must be >= 1"),
-        ({"target": 0.5, "calibration": [1]}, TypeError, "calibration must be a tensor"),
+        ({"target": 0.5, "calibration": [1]}, TypeError, "calibration must be a torch.Tensor"),
         ({"target": 0.5, "generator": 3}, TypeError, "generator must be"),
-        ({"target": 0.5, "delta": 1.0}, ValueError, "delta must be"),
+        ({"target": 0.5, "delta": 1.0}, ValueError, "delta must lie in"),
         ({"target": 0.5, "sensitivity": "fast"}, ValueError, "sensitivity must be one of"),
         ({"target": 0.5, "example_input": "x"}, TypeError, "example_input must be"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
             compress(model, progress=False, **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         compress("resnet20", target=0.5)  # type: ignore[arg-type]
 
 
@@ -354,7 +366,7 @@ def test_no_warning_when_the_target_is_reachable() -> None:
 
 def test_fast_independent_sensitivities_match_the_general_path() -> None:
     from coreprune import coreset_prune
-    from coreprune.compress import _fast_sensitivities
+    from coreprune.compress.choose import fast_sensitivities as _fast_sensitivities
 
     torch.manual_seed(0)
     conv, bn, nxt = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8).eval(), nn.Conv2d(8, 4, 3)

@@ -1,5 +1,32 @@
-"""Whole-model compression: plan (cost model, allocation, choice) and apply (cut, rewire)."""
+"""Whole-model compression as public steps: plan (cost model, allocation, choice) and apply
+(cut, rewire); `compress()` composes them."""
 
-from coreprune.compress.api import CompressReport, CompressResult, LayerRow, compress
+from coreprune.compress.allocate import ALLOCATIONS
+from coreprune.compress.api import compress
+from coreprune.compress.apply import PairCut, apply_plan, cut_pair
+from coreprune.compress.capture import MAX_CALIBRATION_ROWS, capture_input, capture_output
+from coreprune.compress.choose import DEFAULT_RANK
+from coreprune.compress.cost import METRICS, CostModel, count_macs, count_params
+from coreprune.compress.options import COMPENSATIONS, MODES
+from coreprune.compress.report import CompressReport, CompressResult, LayerRow
 
-__all__ = ["CompressReport", "CompressResult", "LayerRow", "compress"]
+__all__ = [
+    "ALLOCATIONS",
+    "COMPENSATIONS",
+    "DEFAULT_RANK",
+    "MAX_CALIBRATION_ROWS",
+    "METRICS",
+    "MODES",
+    "CompressReport",
+    "CompressResult",
+    "CostModel",
+    "LayerRow",
+    "PairCut",
+    "apply_plan",
+    "capture_input",
+    "capture_output",
+    "compress",
+    "count_macs",
+    "count_params",
+    "cut_pair",
+]

@@ -1,0 +1,146 @@
+"""Allocation: how many units each pair keeps so that the model meets a budget.
+
+Every allocator returns kept counts that respect each pair's floor (a minimum number of units
+that stay, so no layer is ever cut to nothing useful) and checks reachability before any surgery:
+a target that cannot be met even with every pair at its floor is an error naming the maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from coreprune.compress.cost import CostModel
+
+__all__ = [
+    "ALLOCATIONS",
+    "floors_for",
+    "global_by_curves",
+    "global_by_scores",
+    "keep_top",
+    "reachable_maximum",
+    "uniform",
+]
+
+ALLOCATIONS = ("uniform", "global")
+
+
+def floors_for(units: Sequence[int], floor: float) -> list[int]:
+    """Minimum kept units per pair: ceil(floor * n), at least 1."""
+    return [max(1, math.ceil(floor * n)) for n in units]
+
+
+def reachable_maximum(cost: CostModel, floors: Sequence[int]) -> float:
+    """The largest fraction of the cost that can be removed with every pair at its floor."""
+    return cost.removed(floors)
+
+
+def check_reachable(cost: CostModel, floors: Sequence[int], target: float, floor: float) -> None:
+    """ValueError before any work when `target` cannot be met with every pair at its floor."""
+    best = reachable_maximum(cost, floors)
+    if best < target - 1e-12:
+        raise ValueError(
+            f"target={target:g} of {cost.metric} cannot be reached: with every prunable pair at "
+            f"its floor (floor={floor:g} of its units, at least 1) at most {best:.4f} can be "
+            "removed (the rest sits in layers that are not pruned); pass target <= "
+            f"{math.floor(best * 1e4) / 1e4:g} or a lower floor"
+        )
+
+
+def uniform(
+    cost: CostModel, units: Sequence[int], floors: Sequence[int], target: float
+) -> list[int]:
+    """Largest common kept fraction f (k = max(floor, ceil(f n))) that meets the target."""
+    fractions = sorted({Fraction(k, n) for n in units for k in range(1, n + 1)})
+    candidates = [Fraction(0), *fractions]
+
+    def keeps_at(f: Fraction) -> list[int]:
+        return [max(lo, math.ceil(f * n)) for n, lo in zip(units, floors, strict=True)]
+
+    best = last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= target)
+    return keeps_at(candidates[best] if best is not None else Fraction(0))
+
+
+def keep_top(ranked: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask keeping the `count` highest-ranked units; ties drop the lower index first."""
+    keep = torch.ones(ranked.numel(), dtype=torch.bool)
+    keep[torch.sort(ranked, stable=True).indices[: ranked.numel() - count]] = False
+    return keep
+
+
+def global_by_scores(
+    cost: CostModel, ranked: Sequence[torch.Tensor], floors: Sequence[int], target: float
+) -> list[torch.Tensor]:
+    """One ascending order of scores across layers: remove the shortest prefix that meets the
+    target, never taking a layer below its floor (its top `floor` units are protected)."""
+    protected = []
+    for score, lo in zip(ranked, floors, strict=True):
+        score = score.clone()
+        score[torch.sort(score, stable=True, descending=True).indices[:lo]] = math.inf
+        protected.append(score)
+    flat = torch.cat(protected)
+    layer = torch.cat([torch.full((s.numel(),), i) for i, s in enumerate(ranked)])
+    order = torch.sort(flat, stable=True).indices[: flat.numel() - sum(floors)]
+    sizes = [s.numel() for s in ranked]
+
+    def keeps_at(r: int) -> list[int]:
+        dropped = torch.bincount(layer[order[:r]], minlength=len(sizes)).tolist()
+        return [n - d for n, d in zip(sizes, dropped, strict=True)]
+
+    prefixes = list(range(order.numel() + 1))
+    found = first_true(prefixes, lambda r: cost.removed(keeps_at(r)) >= target)
+    r = prefixes[-1] if found is None else prefixes[found]
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:r]] = False
+    return list(keep.split(sizes))
+
+
+def global_by_curves(
+    cost: CostModel, curves: Sequence[torch.Tensor], floors: Sequence[int], target: float
+) -> tuple[list[int], float]:
+    """Smallest common level whose per-layer removals meet the target.
+
+    `curves[i][m]` is pair i's error (a certified eps, or a measured one) after removing its m
+    least important units, non-decreasing in m. Returns the kept counts and the level.
+    """
+    values = sorted({float(v) for c in curves for v in c.tolist()})
+
+    def keeps_at(level: float) -> list[int]:
+        out = []
+        for curve, lo in zip(curves, floors, strict=True):
+            n = curve.numel() - 1
+            removable = int((curve[1:] <= level).sum())
+            out.append(max(lo, n - removable))
+        return out
+
+    found = first_true(values, lambda e: cost.removed(keeps_at(e)) >= target)
+    level = values[found] if found is not None else values[-1]
+    return keeps_at(level), level
+
+
+def first_true(values: Sequence[Any], test: Callable[[Any], bool]) -> int | None:
+    """Index of the first value passing a monotone (False...True) test, or None."""
+    lo, hi = 0, len(values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if test(values[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if lo < len(values) else None
+
+
+def last_true(values: Sequence[Any], test: Callable[[Any], bool]) -> int | None:
+    """Index of the last value passing a monotone (True...False) test, or None."""
+    lo, hi = 0, len(values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if test(values[mid]):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1 if lo > 0 else None

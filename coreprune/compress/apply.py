@@ -1,0 +1,118 @@
+"""Apply a pruning plan: cut given units of given pairs, optionally with new consumer weights.
+
+These are the public primitives every method shares ("cut exactly these units"): `PairCut` says
+what happens to one pair, `cut_pair` does it, `apply_plan` does a whole plan on a copy. Choosing
+the units (scoring, allocation) and refitting consumers (rewiring) are separate steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.registry import layer_kind
+from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
+from coreprune.torch_utils import replace_submodule
+
+__all__ = ["PairCut", "apply_plan", "cut_pair"]
+
+
+@dataclass(frozen=True)
+class PairCut:
+    """What to do to one pair.
+
+    `keep`: the producer units that stay (indices into its current units). `scale`: one
+    multiplier per kept unit on its outgoing weights (None: 1). `consumer_weight` /
+    `consumer_bias`: the sliced consumer's new weight (shape of the sliced weight) and bias, for
+    rewiring; None keeps the sliced (and scaled) ones.
+    """
+
+    keep: torch.Tensor
+    scale: torch.Tensor | None = None
+    consumer_weight: torch.Tensor | None = None
+    consumer_bias: torch.Tensor | None = None
+
+
+def _check_cut(cut: object, n: int, pair: PrunablePair) -> torch.Tensor:
+    if not isinstance(cut, PairCut):
+        raise TypeError(f"cut for {pair.producer!r} must be a PairCut, got {type(cut).__name__}")
+    keep = cut.keep
+    if not isinstance(keep, torch.Tensor) or keep.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"PairCut.keep for {pair.producer!r} must be an integer tensor of indices")
+    keep = keep.flatten().long().cpu()
+    if keep.numel() == 0:
+        raise ValueError(f"PairCut.keep for {pair.producer!r} is empty; keep at least one unit")
+    if keep.min() < 0 or keep.max() >= n or torch.unique(keep).numel() != keep.numel():
+        raise ValueError(
+            f"PairCut.keep for {pair.producer!r} must hold distinct indices in [0, {n}), "
+            f"got {keep.tolist()[:8]}..."
+        )
+    if cut.scale is not None and cut.scale.shape != (keep.numel(),):
+        raise ValueError(
+            f"PairCut.scale for {pair.producer!r} must have one entry per kept unit "
+            f"({keep.numel()}), got shape {tuple(cut.scale.shape)}"
+        )
+    if cut.scale is not None and not torch.isfinite(cut.scale).all():
+        raise ValueError(f"PairCut.scale for {pair.producer!r} has NaN or Inf entries")
+    return torch.sort(keep).values if cut.scale is None else keep
+
+
+def cut_pair(model: nn.Module, pair: PrunablePair, cut: PairCut) -> None:
+    """Cut one pair of `model` IN PLACE: slice producer, norm and consumer; set new weights.
+
+    Use `apply_plan` to work on a copy. Indices refer to the producer's current units.
+    """
+    producer = model.get_submodule(pair.producer)
+    consumer = model.get_submodule(pair.consumer)
+    kind = layer_kind(producer)
+    if kind is None:
+        raise TypeError(f"{pair.producer!r} is {type(producer).__name__}, not a prunable layer")
+    n = kind.out_units(producer)
+    keep = _check_cut(cut, n, pair)
+    new_consumer = slice_consumer(consumer, n, keep, cut.scale)  # type: ignore[arg-type]
+    if cut.consumer_weight is not None or cut.consumer_bias is not None:
+        new_consumer = _with_consumer_tensors(new_consumer, cut, pair)
+    replace_submodule(model, pair.producer, slice_producer(producer, keep))  # type: ignore[arg-type]
+    replace_submodule(model, pair.consumer, new_consumer)
+    if pair.norm is not None:
+        replace_submodule(model, pair.norm, slice_norm(model.get_submodule(pair.norm), keep))  # type: ignore[arg-type]
+
+
+def _with_consumer_tensors(consumer: nn.Module, cut: PairCut, pair: PrunablePair) -> nn.Module:
+    for name, value in (("weight", cut.consumer_weight), ("bias", cut.consumer_bias)):
+        if value is None:
+            continue
+        old = getattr(consumer, name)
+        if old is None:
+            raise ValueError(f"PairCut.consumer_bias for {pair.consumer!r}: it has no bias")
+        if value.shape != old.shape:
+            raise ValueError(
+                f"PairCut.consumer_{name} for {pair.consumer!r} must have the sliced shape "
+                f"{tuple(old.shape)}, got {tuple(value.shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"PairCut.consumer_{name} for {pair.consumer!r} has NaN or Inf")
+        with torch.no_grad():
+            old.copy_(value.to(device=old.device, dtype=old.dtype))
+    return consumer
+
+
+def apply_plan(
+    model: nn.Module, pairs: Sequence[PrunablePair], cuts: Sequence[PairCut]
+) -> nn.Module:
+    """A new model with every pair cut as planned, in order; `model` is untouched.
+
+    Train flags and `requires_grad` are those of `model`. A pair that is also the previous
+    pair's consumer sees that consumer as already cut (indices refer to current units).
+    """
+    if len(pairs) != len(cuts):
+        raise ValueError(f"got {len(pairs)} pairs but {len(cuts)} cuts; give one cut per pair")
+    work = copy.deepcopy(model)
+    for pair, cut in zip(pairs, cuts, strict=True):
+        cut_pair(work, pair, cut)
+    return work

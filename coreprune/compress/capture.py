@@ -1,0 +1,94 @@
+"""Record what a layer sees on calibration inputs: its input, or its output, in a given model.
+
+Capture runs the model forward under `no_grad` with one temporary hook and stops as soon as the
+layer has been called, so nothing after it runs. The model is only read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coreprune.torch_utils import eval_mode
+
+__all__ = ["MAX_CALIBRATION_ROWS", "capture_input", "capture_output", "conv_patches", "input_rows"]
+
+MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for a calibration query space
+_ROW_SEED = 0  # row subsampling uses its own generator, so it never shifts the caller's stream
+
+
+class _Stop(Exception):
+    """Raised by the capture hook: nothing after the layer needs to run."""
+
+
+def _capture(model: nn.Module, name: str, inputs: torch.Tensor, *, output: bool) -> torch.Tensor:
+    layer = model.get_submodule(name)
+    seen: list[torch.Tensor] = []
+
+    def before(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    def after(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        seen.append(out.detach())
+        raise _Stop
+
+    handle = (
+        layer.register_forward_hook(after) if output else layer.register_forward_pre_hook(before)
+    )
+    try:
+        with eval_mode(model, no_grad=True):
+            model(inputs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"{name!r} was not called when the model ran on the calibration inputs")
+    return seen[0]
+
+
+def capture_input(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tensor:
+    """The input tensor of submodule `name` when `model` runs (eval mode) on `inputs`."""
+    return _capture(model, name, inputs, output=False)
+
+
+def capture_output(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tensor:
+    """The output tensor of submodule `name` when `model` runs (eval mode) on `inputs`."""
+    return _capture(model, name, inputs, output=True)
+
+
+def conv_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """im2col rows (N*L x C*kh*kw) of `x` as `conv` reads them, its own padding mode applied."""
+    if isinstance(conv.padding, str):
+        pads: list[int] = []
+        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
+            total = d * (k - 1) if conv.padding == "same" else 0
+            pads += [total // 2, total - total // 2]
+    else:
+        pads = [p for p in reversed(conv.padding) for _ in range(2)]
+    if any(pads):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def subsample_rows(rows: torch.Tensor, limit: int = MAX_CALIBRATION_ROWS) -> torch.Tensor:
+    """At most `limit` rows, drawn without replacement by a fixed generator (deterministic)."""
+    if rows.shape[0] <= limit:
+        return rows
+    gen = torch.Generator().manual_seed(_ROW_SEED)
+    pick = torch.randperm(rows.shape[0], generator=gen)[:limit]
+    return rows[pick.to(rows.device)]
+
+
+def input_rows(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tensor:
+    """The layer's inputs on `inputs` as rows (im2col patches for a conv), subsampled."""
+    layer = model.get_submodule(name)
+    x = capture_input(model, name, inputs)
+    rows = conv_patches(x, layer) if isinstance(layer, nn.Conv2d) else x.reshape(-1, x.shape[-1])
+    return subsample_rows(rows)

@@ -1,0 +1,241 @@
+"""The coreset's choice for one pair, in the network as compressed so far.
+
+Worst-case sensitivities (data-free, or on a calibration query space) give the certificate; with
+calibration data the default choice ranks units by their empirical sensitivities (what the units
+actually carry on data), and the worst-case certificate of that choice is still reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from coreprune.compress.capture import capture_input, input_rows
+from coreprune.coreset.certificate import Certificate
+from coreprune.coreset.empirical import empirical_unit_scores
+from coreprune.coreset.prune import coreset_prune
+from coreprune.coreset.query import QuerySpace
+from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
+from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
+from coreprune.surgery.units import layer_units, next_weights
+
+__all__ = ["CHOICES", "Choice", "CoresetChooser"]
+
+CHOICES = ("certified", "empirical")
+DEFAULT_RANK = 8
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Kept units (indices into the producer's current units), their scales, the certificate
+    and the worst-case sensitivities over all n units (k x n, 0 for all-zero units)."""
+
+    keep: torch.Tensor
+    scale: torch.Tensor
+    certificate: Certificate | None
+    per_next: torch.Tensor | None
+    note: str
+
+
+def ones(n: int) -> torch.Tensor:
+    return torch.ones(n, dtype=torch.float64)
+
+
+def modules_of(model: nn.Module, pair: PrunablePair) -> tuple[Any, Any, Any]:
+    """(producer, norm or None, consumer) of `pair` in `model`."""
+    norm = None if pair.norm is None else model.get_submodule(pair.norm)
+    return model.get_submodule(pair.producer), norm, model.get_submodule(pair.consumer)
+
+
+def nonzero_units(producer: nn.Module, norm: nn.Module | None) -> torch.Tensor:
+    """Indices of units whose folded weights and bias are not all zero (zero ones output 0)."""
+    units = layer_units(producer, norm)  # type: ignore[arg-type]
+    return torch.nonzero(units.abs().sum(dim=1) > 0).flatten().cpu()
+
+
+def restrict(
+    producer: Any, norm: Any, consumer: Any, nonzero: torch.Tensor
+) -> tuple[Any, Any, Any]:
+    """The pair without its all-zero units (the same modules when there are none)."""
+    n = producer.weight.shape[0]
+    if nonzero.numel() == n:
+        return producer, norm, consumer
+    idx = nonzero.to(producer.weight.device)
+    return (
+        slice_producer(producer, idx),
+        None if norm is None else slice_norm(norm, idx),
+        slice_consumer(consumer, n, idx, None),
+    )
+
+
+def fast_sensitivities(
+    producer: Any, norm: Any, consumer: Any, query: QuerySpace | None
+) -> Sensitivities | None:
+    """Exact sensitivities when the units are linearly independent on Q, else None.
+
+    Then each unit is alone in some direction of Q, so s_ij = 1 wherever the next unit j reads it
+    and 0 where it does not (docs/theory.md §1, last paragraph). The general path reaches the same
+    values one next unit at a time (thousands of SVDs on a VGG layer); this needs one QR.
+    """
+    units = layer_units(producer, norm)
+    n = units.shape[0]
+    if query is not None:
+        units = units @ query.lifting(units.device)
+    if units.shape[1] < n:
+        return None
+    sv = torch.linalg.svdvals(torch.linalg.qr(units.T, mode="r")[1])
+    if sv[0] == 0 or int((sv > _RANK_RTOL * sv[0]).sum()) != n:
+        return None
+    reading = next_weights(consumer, n, device=units.device)
+    per_next = (reading != 0).to(torch.float64)
+    provenance = Provenance.of(units, reading, query)
+    return Sensitivities(per_next, {"independent": per_next}, n, provenance)
+
+
+class CoresetChooser:
+    """Chooses each pair's kept units with the coreset, in the current (partly cut) model."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        eps: float | None,
+        delta: float,
+        sensitivity: str,
+        generator: torch.Generator | None,
+        calibration: torch.Tensor | None,
+        rank: int,
+        choice: str,
+    ) -> None:
+        self.mode, self.eps, self.delta = mode, eps, delta
+        self.sensitivity, self.generator = sensitivity, generator
+        self.calibration, self.rank, self.choice = calibration, rank, choice
+        self.cache: dict[str, tuple[tuple[Any, ...], Sensitivities]] = {}
+
+    def query(self, model: nn.Module, pair: PrunablePair) -> QuerySpace | None:
+        """Data-free (None) or the calibration subspace of the producer's current inputs."""
+        if self.calibration is None:
+            return None
+        rows = input_rows(model, pair.producer, self.calibration)
+        dim = rows.shape[1]
+        if self.rank >= dim:
+            raise ValueError(
+                f"rank={self.rank} but the inputs of {pair.producer!r} have only {dim} "
+                f"dimensions (patch size); pass rank < {dim}"
+            )
+        return QuerySpace.from_calibration(rows, self.rank)
+
+    def sensitivities(
+        self, model: nn.Module, pair: PrunablePair
+    ) -> tuple[Sensitivities, torch.Tensor, QuerySpace | None]:
+        """Worst-case sensitivities of the pair's non-zero units (cached while the pair is
+        untouched and data-free), those units' indices, and the query space used."""
+        producer, norm, consumer = modules_of(model, pair)
+        nonzero = nonzero_units(producer, norm)
+        sub = restrict(producer, norm, consumer, nonzero)
+        query = self.query(model, pair)
+        hit = self.cache.get(pair.producer)
+        if hit is not None and all(
+            a is b for a, b in zip(hit[0], (producer, norm, consumer), strict=True)
+        ):
+            return hit[1], nonzero, query
+        sens = fast_sensitivities(*sub, query)
+        if sens is None:
+            result = coreset_prune(
+                sub[0], None, sub[2], mode="select", keep=nonzero.numel(), query=query,
+                activation=pair.activation, norm=sub[1], sensitivity=self.sensitivity,
+            )  # fmt: skip
+            sens = result.sensitivities
+        if query is None:
+            self.cache[pair.producer] = ((producer, norm, consumer), sens)
+        return sens, nonzero, query
+
+    def curve(self, model: nn.Module, pair: PrunablePair) -> torch.Tensor:
+        """Certified eps after removing the m least sensitive non-zero units, m = 0..n'."""
+        producer, norm, _ = modules_of(model, pair)
+        if nonzero_units(producer, norm).numel() == 0:
+            return torch.zeros(1, dtype=torch.float64)
+        sens, _, _ = self.sensitivities(model, pair)
+        order = torch.argsort(sens.per_unit, stable=True)
+        cumulative = sens.per_next[:, order].cumsum(dim=1).max(dim=0).values
+        return torch.cat([torch.zeros(1, dtype=torch.float64), cumulative.cpu()])
+
+    def choose(self, model: nn.Module, pair: PrunablePair, count: int | None) -> Choice:
+        producer, norm, consumer = modules_of(model, pair)
+        n = producer.weight.shape[0]
+        notes: list[str] = []
+        nonzero = nonzero_units(producer, norm)
+        if nonzero.numel() == 0:
+            note = "every unit is all-zero (outputs 0); kept unit 0: at least one unit stays"
+            return Choice(torch.zeros(1, dtype=torch.long), ones(1), None, None, note)
+        if nonzero.numel() < n:
+            notes.append(f"{n - nonzero.numel()} all-zero units (output exactly 0) removed first")
+        if any("max" in kind for kind in pair.pooling):
+            notes.append(
+                "max pooling between the layers: eps covers the map before pooling only, not "
+                "the pooled network (docs/theory.md §8)"
+            )
+        if count is not None and count > nonzero.numel():
+            notes.append(f"budget allowed {count} units, only {nonzero.numel()} are non-zero")
+            count = nonzero.numel()
+        sens, nonzero, query = self.sensitivities(model, pair)
+        sub_producer, sub_norm, sub_consumer = restrict(producer, norm, consumer, nonzero)
+        if self.choice == "empirical" and count is not None and self.calibration is not None:
+            keep_sub, cert = self._empirical(
+                model, pair, nonzero, sens, count, query, sub_producer, sub_consumer, sub_norm
+            )
+            scale = ones(keep_sub.numel())
+            notes.append("units chosen by empirical sensitivity on calibration data")
+        else:
+            result = coreset_prune(
+                sub_producer, self.eps if count is None else None, sub_consumer,
+                delta=self.delta, mode=self.mode, keep=count, query=query,
+                generator=self.generator, activation=pair.activation, norm=sub_norm,
+                sensitivity=self.sensitivity, sensitivities=sens,
+            )  # fmt: skip
+            keep_sub, scale, cert = (
+                result.keep.cpu(),
+                result.scale.detach().cpu(),
+                result.certificate,
+            )
+        if keep_sub.numel() == 1 and count != 1:
+            notes.append("kept 1 unit: at least one unit stays")
+        per_next = torch.zeros(sens.per_next.shape[0], n, dtype=torch.float64)
+        per_next[:, nonzero] = sens.per_next.cpu()
+        keep = nonzero[keep_sub]
+        return Choice(keep, scale, cert, per_next, "; ".join(notes))
+
+    def _empirical(
+        self, model: nn.Module, pair: PrunablePair, nonzero: torch.Tensor, sens: Sensitivities,
+        count: int, query: QuerySpace | None, producer: Any, consumer: Any, norm: Any,
+    ) -> tuple[torch.Tensor, Certificate]:  # fmt: skip
+        """Top `count` units by empirical sensitivity; certified by the worst-case bounds."""
+        assert self.calibration is not None
+        acts = capture_input(model, pair.consumer, self.calibration)
+        n = model.get_submodule(pair.producer).weight.shape[0]
+        if acts.ndim == 2 and acts.shape[1] != n:  # flatten -> Linear: one row per position
+            acts = acts.reshape(acts.shape[0], n, -1, 1)
+        acts = acts.index_select(1, nonzero.to(acts.device))
+        reading = next_weights(consumer, nonzero.numel(), device=acts.device)
+        scores = empirical_unit_scores(acts, reading).cpu()
+        order = torch.argsort(scores, descending=True, stable=True)
+        keep_sub = torch.sort(order[:count]).values
+        removed = torch.ones(nonzero.numel(), dtype=torch.bool)
+        removed[keep_sub] = False
+        per_next = sens.per_next.cpu()
+        eps = float(per_next[:, removed].sum(dim=1).max()) if removed.any() else 0.0
+        space = (
+            query
+            if query is not None
+            else QuerySpace.full(layer_units(producer, norm).shape[1] - 1)
+        )
+        cert = Certificate(
+            query=space.describe(), mode="select", sensitivity="+".join(sens.bounds),
+            units=nonzero.numel(), kept=int(keep_sub.numel()), eps=eps, delta=0.0,
+            total_sensitivity=sens.total,
+        )  # fmt: skip
+        return keep_sub, cert

@@ -1,0 +1,165 @@
+"""`compress`'s arguments, checked once before any work and gathered in one frozen record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coreprune.checks import (
+    check_choice,
+    check_float,
+    check_fraction,
+    check_generator,
+    check_int,
+    check_module,
+    check_probability,
+    check_tensor,
+)
+from coreprune.compress.allocate import ALLOCATIONS
+from coreprune.compress.choose import CHOICES, DEFAULT_RANK
+from coreprune.compress.cost import METRICS, Inputs, as_args
+from coreprune.coreset.sensitivity import METHODS as SENSITIVITY_METHODS
+from coreprune.scoring.base import Pruner
+from coreprune.scoring.random_pruner import Random
+from coreprune.scoring.registry import BASELINES, resolve_method
+from coreprune.torch_utils import eval_mode, model_device
+
+__all__ = ["COMPENSATIONS", "DEFAULT_FLOOR", "MODES", "Options", "check_options"]
+
+MODES = ("select", "sample")
+COMPENSATIONS = ("none", "merge", "lstsq")
+DEFAULT_FLOOR = 0.1  # no pair keeps fewer than 10% of its units (at least 1) unless asked
+
+
+@dataclass(frozen=True)
+class Options:
+    eps: float | None
+    target: float | None
+    method: str
+    mode: str
+    allocation: str
+    metric: str
+    rank: int
+    calibration: torch.Tensor | None
+    delta: float
+    generator: torch.Generator | None
+    sensitivity: str
+    pruner: Pruner | None
+    compensate: str
+    choice: str
+    floor: float
+    ridge: float
+
+
+def _resolve_baseline(method: object, generator: object) -> Pruner:
+    if method == "random" and isinstance(generator, torch.Generator):
+        return Random(generator)  # compress(generator=...) seeds the random baseline
+    try:
+        return resolve_method(method)
+    except ValueError as err:
+        if isinstance(method, str) and method not in BASELINES:
+            raise ValueError(
+                f"method must be one of {('coreset', *BASELINES)} or a Pruner, got {method!r}"
+            ) from err
+        raise
+
+
+def check_options(
+    model: object, eps: object, target: object, method: object, mode: object,
+    allocation: object, metric: object, example_input: object, calibration: object,
+    rank: object, delta: object, generator: object, sensitivity: object, compensate: object,
+    choice: object, floor: object, ridge: object,
+) -> Options:  # fmt: skip
+    """Every argument checked (TypeError for a type, ValueError for a value) before any work."""
+    model = check_module(model, "model")
+    device = model_device(model)
+    if (eps is None) == (target is None):
+        raise ValueError(
+            "give exactly one of eps (each layer's certificate target) and target (the fraction "
+            "of the model to remove)"
+        )
+    generator = check_generator(generator, "generator")
+    pruner = None if method == "coreset" else _resolve_baseline(method, generator)
+    name = "coreset" if pruner is None else pruner.name
+    mode = check_choice(mode, MODES, "mode")
+    allocation = check_choice(allocation, ALLOCATIONS, "allocation")
+    metric = check_choice(metric, METRICS, "metric")
+    sensitivity = check_choice(sensitivity, SENSITIVITY_METHODS, "sensitivity")
+    eps_value = target_value = None
+    if eps is not None:
+        eps_value = check_float(eps, "eps", low=0.0, low_open=True)
+        if name != "coreset":
+            raise ValueError(
+                f"eps needs method='coreset' (method={name!r} gives no certificate); "
+                "pass target= instead"
+            )
+        if allocation != "uniform" or metric != "params":
+            raise ValueError(
+                "allocation and metric apply only with target=; with eps every layer meets the "
+                "same certificate target, so leave them at their defaults"
+            )
+    if target is not None:
+        target_value = check_fraction(target, "target")
+        if metric == "macs" and example_input is None:
+            raise ValueError("metric='macs' needs example_input (a batch the model accepts)")
+    if name != "coreset" and mode != "select":
+        raise ValueError(f"mode={mode!r} is a coreset mode; method={name!r} needs mode='select'")
+    if example_input is not None:
+        for i, tensor in enumerate(as_args(example_input)):
+            check_tensor(tensor, f"example_input[{i}]", min_rows=1, floating=False, device=device)
+    calib = None
+    if calibration is not None:
+        calib = check_tensor(calibration, "calibration", min_rows=1, device=device)
+    if rank is not None:
+        if calib is None:
+            raise ValueError("rank sets the calibration query space; pass calibration= with it")
+        rank = check_int(rank, "rank", minimum=1)
+    delta_value = check_probability(delta, "delta")
+    if compensate is None:
+        coreset_select = pruner is None and mode == "select"
+        compensate = "none" if not coreset_select else ("lstsq" if calib is not None else "merge")
+    compensate = check_choice(compensate, COMPENSATIONS, "compensate")
+    if compensate == "lstsq" and calib is None:
+        raise ValueError(
+            "compensate='lstsq' refits each consumer on calibration data: pass calibration= "
+            "(a batch of model inputs, a few hundred recommended), or use "
+            "compensate='merge' (data-free)"
+        )
+    if compensate != "none" and mode == "sample":
+        raise ValueError(
+            f"compensate={compensate!r} rewires a selected subset; mode='sample' already "
+            "reweights its draw: use mode='select', or compensate='none'"
+        )
+    if choice is None:
+        choice = "empirical" if calib is not None and eps is None else "certified"
+    choice = check_choice(choice, CHOICES, "choice")
+    if choice == "empirical" and calib is None:
+        raise ValueError("choice='empirical' ranks units on data: pass calibration=")
+    floor_value = check_fraction(floor, "floor", low_open=False, high_open=True)
+    ridge_value = check_float(ridge, "ridge", low=0.0, low_open=True)
+    return Options(
+        eps=eps_value, target=target_value, method=name, mode=mode, allocation=allocation,
+        metric=metric, rank=DEFAULT_RANK if rank is None else rank, calibration=calib,
+        delta=delta_value, generator=generator, sensitivity=sensitivity, pruner=pruner,
+        compensate=compensate, choice=choice, floor=floor_value, ridge=ridge_value,
+    )  # fmt: skip
+
+
+def check_model_inputs(
+    model: nn.Module, example_input: Inputs | None, calibration: torch.Tensor | None
+) -> None:
+    """Run the model once on each given batch, so a wrong shape or dtype is a clear error now."""
+    for name, value in (("example_input", example_input), ("calibration", calibration)):
+        if value is None:
+            continue
+        args = as_args(value, name)
+        try:
+            with eval_mode(model, no_grad=True):
+                model(*(a[:1] for a in args))
+        except Exception as err:  # the model's own error, re-raised with the argument's name
+            raise ValueError(
+                f"{name} does not fit the model ({type(err).__name__}: {err}); pass a batch the "
+                "model accepts, shaped (batch, ...) like its training inputs"
+            ) from err

@@ -1,0 +1,265 @@
+"""One place that knows each supported layer type: its units, how a consumer reads them, how to
+slice either side, how a batch norm folds into it, and what it costs.
+
+Everything else (units, slicing, pair discovery, cost model, gates, serialization) asks this
+registry, so a new layer type is one new entry here. Modules are rebuilt smaller by copying the
+module and swapping its tensors, so subclasses, forward hooks, train flags and `requires_grad`
+survive surgery.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LAYER_KINDS",
+    "NORM_KINDS",
+    "LayerKind",
+    "NormKind",
+    "layer_kind",
+    "norm_kind",
+    "unsupported_reason",
+]
+
+
+class LayerKind(Protocol):
+    """What the library needs to know about a layer type whose outputs are units."""
+
+    module_type: type[nn.Module]
+
+    def out_units(self, module: Any) -> int: ...
+    def in_units(self, module: Any) -> int: ...
+    def weights_per_pair(self, module: Any) -> int: ...
+    def inputs_per_output(self, module: Any) -> int: ...
+    def bias_params(self, module: Any) -> int: ...
+    def unsupported(self, module: Any) -> str | None: ...
+    def unit_weights(self, module: Any) -> torch.Tensor: ...
+    def reading(self, module: Any, n_units: int) -> torch.Tensor: ...
+    def weight_from_reading(self, module: Any, reading: torch.Tensor) -> torch.Tensor: ...
+    def slice_outputs(self, module: Any, keep: torch.Tensor) -> nn.Module: ...
+    def slice_inputs(
+        self, module: Any, n_units: int, keep: torch.Tensor, scale: torch.Tensor | None
+    ) -> nn.Module: ...
+
+
+def _with_tensors(module: nn.Module, **tensors: torch.Tensor | None) -> Any:
+    """A copy of `module` (same class, hooks and flags) with the named tensors replaced.
+
+    Parameters keep their `requires_grad`; buffers stay buffers.
+    """
+    new = copy.deepcopy(module)
+    for name, value in tensors.items():
+        old = getattr(module, name)
+        if value is None or old is None:
+            continue
+        value = value.detach().to(device=old.device, dtype=old.dtype).clone()
+        if isinstance(old, nn.Parameter):
+            setattr(new, name, nn.Parameter(value, requires_grad=old.requires_grad))
+        else:
+            new._buffers[name] = value
+    return new
+
+
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64)
+
+
+@dataclass(frozen=True)
+class _LinearKind:
+    module_type: type[nn.Module] = nn.Linear
+
+    def out_units(self, module: nn.Linear) -> int:
+        return int(module.out_features)
+
+    def in_units(self, module: nn.Linear) -> int:
+        return int(module.in_features)
+
+    def weights_per_pair(self, module: nn.Linear) -> int:
+        return 1
+
+    def inputs_per_output(self, module: nn.Linear) -> int:
+        return int(module.in_features)
+
+    def bias_params(self, module: nn.Linear) -> int:
+        return int(module.bias is not None)
+
+    def unsupported(self, module: nn.Linear) -> str | None:
+        return None
+
+    def unit_weights(self, module: nn.Linear) -> torch.Tensor:
+        return _float64(module.weight)
+
+    def reading(self, module: nn.Linear, n_units: int) -> torch.Tensor:
+        """One row per (output, flatten position): a unit feeds a block of in_features/n."""
+        w = _float64(module.weight)
+        block = w.shape[1] // n_units
+        return w.reshape(w.shape[0], n_units, block).permute(0, 2, 1).reshape(-1, n_units)
+
+    def weight_from_reading(self, module: nn.Linear, reading: torch.Tensor) -> torch.Tensor:
+        out = module.out_features
+        n = reading.shape[1]
+        block = reading.shape[0] // out
+        return reading.reshape(out, block, n).permute(0, 2, 1).reshape(out, n * block)
+
+    def slice_outputs(self, module: nn.Linear, keep: torch.Tensor) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        bias = None if module.bias is None else module.bias.index_select(0, keep)
+        new = _with_tensors(module, weight=module.weight.index_select(0, keep), bias=bias)
+        new.out_features = int(keep.numel())
+        return new
+
+    def slice_inputs(
+        self, module: nn.Linear, n_units: int, keep: torch.Tensor, scale: torch.Tensor | None
+    ) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        w = module.weight.detach()
+        block = module.in_features // n_units
+        blocks = w.reshape(w.shape[0], n_units, block).index_select(1, keep)
+        if scale is not None:
+            blocks = (_float64(blocks) * scale.to(w.device, torch.float64)[None, :, None]).to(
+                w.dtype
+            )
+        new = _with_tensors(module, weight=blocks.reshape(w.shape[0], -1))
+        new.in_features = int(keep.numel()) * block
+        return new
+
+
+@dataclass(frozen=True)
+class _Conv2dKind:
+    module_type: type[nn.Module] = nn.Conv2d
+
+    def out_units(self, module: nn.Conv2d) -> int:
+        return int(module.out_channels)
+
+    def in_units(self, module: nn.Conv2d) -> int:
+        return int(module.in_channels)
+
+    def weights_per_pair(self, module: nn.Conv2d) -> int:
+        return int(module.kernel_size[0] * module.kernel_size[1])
+
+    def inputs_per_output(self, module: nn.Conv2d) -> int:
+        kh, kw = module.kernel_size
+        return int(module.in_channels // module.groups * kh * kw)
+
+    def bias_params(self, module: nn.Conv2d) -> int:
+        return int(module.bias is not None)
+
+    def unsupported(self, module: nn.Conv2d) -> str | None:
+        if module.groups == 1:
+            return None
+        kind = "depthwise" if module.groups == module.in_channels else "grouped"
+        return f"a {kind} convolution (groups={module.groups}); only groups=1 is supported"
+
+    def unit_weights(self, module: nn.Conv2d) -> torch.Tensor:
+        return _float64(module.weight).reshape(module.weight.shape[0], -1)
+
+    def reading(self, module: nn.Conv2d, n_units: int) -> torch.Tensor:
+        """One row per (output channel, kernel offset)."""
+        return _float64(module.weight).permute(0, 2, 3, 1).reshape(-1, n_units)
+
+    def weight_from_reading(self, module: nn.Conv2d, reading: torch.Tensor) -> torch.Tensor:
+        kh, kw = module.kernel_size
+        n = reading.shape[1]
+        return reading.reshape(module.out_channels, kh, kw, n).permute(0, 3, 1, 2).contiguous()
+
+    def slice_outputs(self, module: nn.Conv2d, keep: torch.Tensor) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        bias = None if module.bias is None else module.bias.index_select(0, keep)
+        new = _with_tensors(module, weight=module.weight.index_select(0, keep), bias=bias)
+        new.out_channels = int(keep.numel())
+        return new
+
+    def slice_inputs(
+        self, module: nn.Conv2d, n_units: int, keep: torch.Tensor, scale: torch.Tensor | None
+    ) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        w = module.weight.detach().index_select(1, keep)
+        if scale is not None:
+            w = (_float64(w) * scale.to(w.device, torch.float64)[None, :, None, None]).to(w.dtype)
+        new = _with_tensors(module, weight=w)
+        new.in_channels = int(keep.numel())
+        return new
+
+
+@dataclass(frozen=True)
+class NormKind:
+    """A per-channel norm with running statistics that folds into the layer before it."""
+
+    module_type: type[nn.Module]
+
+    def units(self, module: Any) -> int:
+        return int(module.num_features)
+
+    def params_per_unit(self, module: Any) -> int:
+        return 2 if module.affine else 0
+
+    def unsupported(self, module: Any) -> str | None:
+        if module.running_mean is None or module.running_var is None:
+            return (
+                "it has no running statistics (track_running_stats=False), so it cannot be folded"
+            )
+        return None
+
+    def fold(
+        self, weight: torch.Tensor, bias: torch.Tensor, module: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BN(y) = a * y + b per channel with its running statistics, as in eval mode."""
+        scale = 1.0 / torch.sqrt(_float64(module.running_var) + module.eps)
+        shift = -_float64(module.running_mean) * scale
+        if module.affine:
+            gamma = _float64(module.weight)
+            scale, shift = scale * gamma, shift * gamma + _float64(module.bias)
+        return weight * scale[:, None], bias * scale + shift
+
+    def slice(self, module: Any, keep: torch.Tensor) -> nn.Module:
+        ref = module.weight if module.affine else module.running_mean
+        keep = keep.to(ref.device if ref is not None else "cpu")
+        pick = {
+            name: getattr(module, name).index_select(0, keep)
+            for name in ("weight", "bias", "running_mean", "running_var")
+            if getattr(module, name, None) is not None
+        }
+        new = _with_tensors(module, **pick)
+        new.num_features = int(keep.numel())
+        return new
+
+
+LAYER_KINDS: dict[type[nn.Module], LayerKind] = {
+    nn.Linear: _LinearKind(),
+    nn.Conv2d: _Conv2dKind(),
+}
+NORM_KINDS: dict[type[nn.Module], NormKind] = {
+    nn.BatchNorm1d: NormKind(nn.BatchNorm1d),
+    nn.BatchNorm2d: NormKind(nn.BatchNorm2d),
+}
+
+
+def _lookup(table: dict[type[nn.Module], Any], module: object) -> Any:
+    for cls in type(module).__mro__:
+        if cls in table:
+            return table[cls]
+    return None
+
+
+def layer_kind(module: object) -> LayerKind | None:
+    """The registry entry for a module whose outputs are units (subclasses included), or None."""
+    return _lookup(LAYER_KINDS, module)
+
+
+def norm_kind(module: object) -> NormKind | None:
+    """The registry entry for a foldable norm, or None."""
+    return _lookup(NORM_KINDS, module)
+
+
+def unsupported_reason(module: object) -> str | None:
+    """Why `module` cannot be a pair's producer or consumer, or None when it can."""
+    kind = layer_kind(module)
+    if kind is None:
+        supported = ", ".join(f"nn.{t.__name__}" for t in LAYER_KINDS)
+        return f"{type(module).__name__} is not a supported layer type ({supported})"
+    return kind.unsupported(module)
