@@ -34,8 +34,8 @@ _LENET = (
 )
 _VGG_SMALL = (
     "House recipe, not from a paper: cosine to zero over 10 epochs at lr 0.05, wd 5e-4, "
-    "batch 128, Nesterov 0.9; the shipped Fashion-MNIST weights were trained with it "
-    "(with random 2 px shifts)"
+    "batch 128, Nesterov 0.9; the shipped pretrained weights used these settings over fewer "
+    "epochs (see coreprune/harness/pretrained/manifest.json)"
 )
 
 
