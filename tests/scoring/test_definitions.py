@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune.harness.models import build_model
-from coreprune.scoring import SNIP, Magnitude, Random, SynFlow, UnitGates, prune_weights
+from coreprune.scoring import (
+    SNIP,
+    Magnitude,
+    MaskResult,
+    Random,
+    SynFlow,
+    UnitGates,
+    prune_weights,
+)
 from coreprune.surgery.graph import find_prunable_pairs
 
 
@@ -128,8 +136,8 @@ def test_synflow_restores_nothing_in_the_caller_and_scores_zero_for_masked_weigh
     assert result.achieved == round(0.6 * result_total(result)) / result_total(result)
 
 
-def result_total(result: object) -> int:
-    return sum(m.numel() for m in result.masks.values())  # type: ignore[attr-defined]
+def result_total(result: MaskResult) -> int:
+    return sum(m.numel() for m in result.masks.values())
 
 
 def test_synflow_float64_is_finite_on_a_deep_resnet_where_float32_overflows() -> None:
@@ -210,9 +218,9 @@ def test_masks_reach_the_exact_sparsity(method: str, sparsity: float) -> None:
     total = result_total(result)
     assert result.achieved == round(sparsity * total) / total
     assert not result.collapsed and all(m.any() for m in result.masks.values())
-    for scope_result in (prune_weights(model, method, sparsity, scope="layer", example_input=x),):
-        for mask in scope_result.masks.values():
-            assert int((~mask).sum()) == min(round(sparsity * mask.numel()), mask.numel() - 1)
+    per_layer = prune_weights(model, method, sparsity, scope="layer", example_input=x)
+    for mask in per_layer.masks.values():
+        assert int((~mask).sum()) == min(round(sparsity * mask.numel()), mask.numel() - 1)
 
 
 def test_masks_follow_torch_prune_conventions_and_match_a_weight_multiply() -> None:
