@@ -7,6 +7,7 @@ Pi(N) <= 2 sum_{i<D} C(n-1, i) * sum_{i<=D+1} C(N, i).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from coreprune.coreset.sampling import log_growth, sample_eps, sample_size
 # n = 2 units, D = 1 query dimension, k = 1 next unit, delta = 1/2, t = 1:
 # ln(4k / delta) = ln 8; one hyperplane through the origin of R^1 leaves 2 regions
 # (2 C(1, 0) = 2), and sum_{i<=2} C(2m, i) = 1 + 2m + m(2m - 1).
-SMALL = {"delta": 0.5, "total": 1.0, "n_units": 2, "dim": 1, "n_next": 1}
+SMALL: dict[str, Any] = {"delta": 0.5, "total": 1.0, "n_units": 2, "dim": 1, "n_next": 1}
 
 
 @pytest.mark.parametrize(
@@ -66,15 +67,15 @@ def test_sample_size_by_hand() -> None:
         {"eps": 2.0, "delta": 0.01, "total": 1.7, "n_units": 8, "dim": 3, "n_next": 3},
     ],
 )
-def test_sample_size_is_the_least_sufficient_count(setting: dict[str, float]) -> None:
+def test_sample_size_is_the_least_sufficient_count(setting: dict[str, Any]) -> None:
     eps = setting["eps"]
     rest = {k: v for k, v in setting.items() if k != "eps"}
-    m = sample_size(eps, **rest)  # type: ignore[arg-type]
+    m = sample_size(eps, **rest)
     assert m > 1
-    assert sample_eps(m, **rest) <= eps  # type: ignore[arg-type]
-    assert sample_eps(m - 1, **rest) > eps  # type: ignore[arg-type]
+    assert sample_eps(m, **rest) <= eps
+    assert sample_eps(m - 1, **rest) > eps
     # not only m - 1: every smaller count falls short
-    assert all(sample_eps(j, **rest) > eps for j in range(1, m))  # type: ignore[arg-type]
+    assert all(sample_eps(j, **rest) > eps for j in range(1, m))
 
 
 def test_sample_size_refuses_an_unreachable_eps() -> None:

@@ -13,6 +13,12 @@ from torch import nn
 from coreprune.surgery.units import layer_units, next_weights
 
 
+def _buffer(module: nn.Module, name: str) -> torch.Tensor:
+    value = module.get_buffer(name)
+    assert isinstance(value, torch.Tensor)
+    return value
+
+
 def _f64(rows: list[list[float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64)
 
@@ -73,8 +79,8 @@ def _linear_with_norm(affine: bool) -> tuple[nn.Linear, nn.BatchNorm1d]:
     with torch.no_grad():
         linear.weight.copy_(torch.tensor([[1.0, 2.0]]))
         linear.bias.fill_(3.0)
-        norm.running_mean.fill_(1.0)
-        norm.running_var.fill_(3.0)  # 1 / sqrt(3 + eps) = 1/2
+        _buffer(norm, "running_mean").fill_(1.0)
+        _buffer(norm, "running_var").fill_(3.0)  # 1 / sqrt(3 + eps) = 1/2
         if affine:
             norm.weight.fill_(4.0)
             norm.bias.fill_(1.0)
@@ -102,8 +108,8 @@ def _conv_and_norm(affine: bool, bias: bool) -> tuple[nn.Conv2d, nn.BatchNorm2d]
         conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
         if conv.bias is not None:
             conv.bias.copy_(torch.randn(3, generator=gen))
-        norm.running_mean.copy_(torch.randn(3, generator=gen))
-        norm.running_var.copy_(torch.rand(3, generator=gen) + 0.5)
+        _buffer(norm, "running_mean").copy_(torch.randn(3, generator=gen))
+        _buffer(norm, "running_var").copy_(torch.rand(3, generator=gen) + 0.5)
         if affine:
             norm.weight.copy_(torch.randn(3, generator=gen))
             norm.bias.copy_(torch.randn(3, generator=gen))
