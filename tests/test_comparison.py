@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from coreprune.harness.comparison import (
     FIELDS,
+    CompareConfig,
+    SettingsMismatch,
     _append,
     markdown_table,
+    prepare_run_folder,
     read_rows,
     recalibrated_copy,
+    settings_differences,
     summarize,
 )
 
@@ -52,7 +58,11 @@ def test_summary_means_and_stds_over_seeds() -> None:
     assert math.isclose(coreset["pruned_accuracy"], 0.6)
     assert math.isclose(coreset["pruned_accuracy_std"], math.sqrt(0.02))
     table = markdown_table(summary)
-    assert "**70.00 ± 14.14**" in table and "60.0 / — →" in table and "| m | 50% params | 50.0% / 40.0% | 90.00 |" in table
+    assert (
+        "**70.00 ± 14.14**" in table
+        and "60.0 / — →" in table
+        and "| m | 50% params | 50.0% / 40.0% | 90.00 |" in table
+    )
 
 
 def test_results_written_by_an_older_version_are_rewritten_under_todays_columns(
@@ -67,3 +77,66 @@ def test_results_written_by_an_older_version_are_rewritten_under_todays_columns(
     assert [r["method"] for r in rows] == ["coreset", "random"]
     assert rows[0]["agreement"] is None and rows[1]["agreement"] == 0.8
     assert all(None not in r for r in rows)
+
+
+def test_the_default_folder_is_named_after_the_settings() -> None:
+    base = CompareConfig()
+    assert base.out == CompareConfig().out  # the same command resumes the same folder
+    assert CompareConfig(epochs=2).out != base.out
+    assert CompareConfig(seeds=(0, 1)).out != base.out
+    # where the data is and which device runs it do not shape the results
+    assert CompareConfig(data_root="/elsewhere", device="cpu").out == base.out
+    assert str(base.out).startswith("runs/compare-")
+
+
+def test_settings_differences_name_each_setting_and_treat_unrecorded_ones_as_default() -> None:
+    asked = CompareConfig(epochs=2, train_limit=None, out="x")
+    recorded = CompareConfig(out="y").settings()
+    assert settings_differences(asked, recorded) == [
+        "train_limit: 4000 in the folder, null asked",
+        "epochs: 3 in the folder, 2 asked",
+    ]
+    older = {k: v for k, v in recorded.items() if k != "at_init"}  # written before at_init
+    assert settings_differences(CompareConfig(out="x"), older) == []
+    assert settings_differences(CompareConfig(at_init=True, out="x"), older) == [
+        "at_init: false in the folder, true asked"
+    ]
+
+
+def test_a_folder_of_other_settings_is_refused_and_overwrite_deletes_only_run_files(
+    tmp_path: Path,
+) -> None:
+    config = CompareConfig(out=str(tmp_path))
+    prepare_run_folder(config)  # an empty folder is fine
+    (tmp_path / "config.json").write_text(json.dumps(CompareConfig(epochs=9, out="z").settings()))
+    (tmp_path / "results.csv").write_text("model\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SettingsMismatch, match="epochs: 9 in the folder, 3 asked"):
+        prepare_run_folder(config)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(SettingsMismatch, match=r"no config\.json"):
+        prepare_run_folder(config)
+    prepare_run_folder(config, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": (1.5,)}, "targets"),
+        ({"methods": ("magic",)}, "methods"),
+        ({"models": ("alexnet",)}, "models"),
+        ({"seeds": (0, 0)}, "more than once"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"finetune_epochs": -1}, "finetune_epochs must be >= 0"),
+        ({"train_limit": 0}, "train_limit must be >= 1"),
+        ({"calibration": -1}, "calibration must be >= 0"),
+        ({"lr": 0.0}, "lr must be a number > 0"),
+        ({"image_size": 20}, "smaller than"),
+        ({"dataset": "imagenet"}, "unknown dataset"),
+        ({"methods": ("dpf",), "finetune_epochs": 0}, "dpf"),
+    ],
+)
+def test_compare_config_refuses_bad_values(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CompareConfig(**kwargs)  # type: ignore[arg-type]

@@ -1,138 +1,302 @@
 """The `coreprune` command line: train, compress, compare, report.
 
-Every command writes to a run folder (`--out`): the config it ran with (config.json), its
+Every command writes to a run folder (--out): the config it ran with (config.json), its
 metrics (metrics.json), tables (CSV, markdown) and plots, plus models saved without pickle.
+Inputs are checked first: a bad value is a one-line usage error (exit code 2), and the run
+folder is only created once the inputs are valid.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+from torch import nn
 
-from coreprune.compress import compress
+import coreprune
+from coreprune.compress import CompressResult, compress
 from coreprune.harness.comparison import (
     METHODS,
     CompareConfig,
+    check_run,
     first_inputs,
     make_pruner,
     read_rows,
     run_comparison,
     write_summary,
 )
-from coreprune.harness.data import make_loaders
+from coreprune.harness.data import DATASETS, Loaders, make_loaders
 from coreprune.harness.evaluation.machine import describe_device
-from coreprune.harness.models import MODEL_NAMES, build_model
-from coreprune.harness.training import evaluate, fit, set_seed
+from coreprune.harness.models import MODEL_NAMES
+from coreprune.harness.training import (
+    build_for_dataset,
+    default_image_size,
+    evaluate,
+    fit,
+    recalibrated_copy,
+    set_seed,
+)
 from coreprune.serialization import ARCH_FILE, load_model, save_model
 
-__all__ = ["add_compare_arguments", "compare_config", "main"]
+__all__ = ["DEFAULT_THREADS", "add_compare_arguments", "compare_config", "main"]
+
+# torch CPU threads unless --threads says otherwise: the fastest count measured for compression
+# and training on a 2-core CPU (benchmarks/results/threads.md).
+DEFAULT_THREADS = 2
+
+_INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (usage errors exit with 2 via argparse)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return int(args.run(args) or 0)
+    command: argparse.ArgumentParser = args.parser
+    torch.set_num_threads(args.threads)
+    try:
+        _check_device(args.device)
+        work = args.prepare(args)  # every input check; nothing written yet
+    except _INPUT_ERRORS as err:
+        command.error(" ".join(str(err).split()))  # exits with code 2
+    return int(work() or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types: refuse, never clamp
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return value
+
+
+_COUNT = _int_at_least(0)
+_POSITIVE_INT = _int_at_least(1)
+
+
+def _available_devices() -> list[str]:
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _check_device(name: str | None) -> None:
+    if name is None:
+        return
+    available = _available_devices()
+    if name not in available:
+        raise ValueError(
+            f"--device {name} is not available here; available: {', '.join(available)}"
+        )
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, descriptions kept as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what is wrong, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coreprune", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="coreprune", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"coreprune {coreprune.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    train = sub.add_parser("train", help="train a model from scratch; saves it to --out/model")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.set_defaults(parser=p, device=None)
+        return p
+
+    train = command("train", "train a zoo model from scratch; saves it to --out/model")
     _data_arguments(train)
-    train.add_argument("--model", default="lenet5", choices=MODEL_NAMES)
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--lr", type=float, default=0.05)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--model", default="lenet5", choices=MODEL_NAMES, metavar="MODEL",
+                       help="zoo model: " + ", ".join(MODEL_NAMES))  # fmt: skip
+    train.add_argument("--epochs", type=_POSITIVE_INT, default=3, help="training epochs")
+    train.add_argument("--lr", type=_positive, default=0.05, help="peak SGD learning rate")
+    train.add_argument("--seed", type=_COUNT, default=0, help="initialisation and shuffling seed")
     train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    train.add_argument("--out", default="runs/train")
-    train.set_defaults(run=_train)
+    train.add_argument("--out", default="runs/train", help="run folder")
+    train.set_defaults(prepare=_prepare_train)
 
-    comp = sub.add_parser("compress", help="compress a saved model; report, accuracy, saved model")
+    comp = command(
+        "compress", "compress a saved or user-built model; writes a report, accuracies, the model"
+    )
     _data_arguments(comp)
-    comp.add_argument("--model-dir", required=True, help="a folder written by `coreprune train`")
+    source = comp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="a model folder written by `coreprune train`")
+    source.add_argument(
+        "--model-factory",
+        metavar="MODULE:FUNCTION",
+        help="import MODULE (the current folder is searched too) and call FUNCTION() for the "
+        "nn.Module to compress",
+    )
+    comp.add_argument(
+        "--weights",
+        help="with --model-factory: a state dict to load first (.pt, read with weights_only=True, "
+        "or .safetensors); keys and shapes must match the model",
+    )
     budget = comp.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--target", type=float, help="fraction of params/MACs to remove")
-    budget.add_argument("--eps", type=float, help="per-layer certificate target (coreset only)")
-    comp.add_argument("--method", default="coreset", choices=[m for m in METHODS if m != "dpf"])
-    comp.add_argument("--mode", default="select", choices=("select", "sample"))
-    comp.add_argument("--metric", default="params", choices=("params", "macs"))
-    comp.add_argument("--allocation", default="uniform", choices=("uniform", "global"))
-    comp.add_argument("--calibration", type=int, default=256, help="0 = data-free certificates")
-    comp.add_argument("--rank", type=int, default=8)
-    comp.add_argument("--finetune-epochs", type=int, default=0)
-    comp.add_argument("--finetune-lr", type=float, default=0.01)
-    comp.add_argument("--seed", type=int, default=0)
-    comp.add_argument("--out", default="runs/compress")
-    comp.set_defaults(run=_compress)
+    budget.add_argument("--target", type=_fraction, help="fraction of params (or MACs) to remove")
+    budget.add_argument("--eps", type=_positive, help="per-layer certificate target (coreset only)")
+    comp.add_argument("--method", default="coreset", choices=[m for m in METHODS if m != "dpf"],
+                      help="pruning method")  # fmt: skip
+    comp.add_argument("--mode", default="select", choices=("select", "sample"),
+                      help="coreset: keep the most important units, or sample them")  # fmt: skip
+    comp.add_argument("--metric", default="params", choices=("params", "macs"),
+                      help="what --target counts")  # fmt: skip
+    comp.add_argument("--allocation", default="uniform", choices=("uniform", "global"),
+                      help="same fraction per layer, or one budget across layers")  # fmt: skip
+    comp.add_argument("--calibration", type=_COUNT, default=256,
+                      help="coreset: training images spanning each layer's inputs; "
+                      "0 = data-free certificates")  # fmt: skip
+    comp.add_argument("--rank", type=_POSITIVE_INT, default=8,
+                      help="coreset: principal directions kept from the calibration inputs")  # fmt: skip
+    comp.add_argument("--finetune-epochs", type=_COUNT, default=0,
+                      help="epochs of fine-tuning after pruning")  # fmt: skip
+    comp.add_argument("--finetune-lr", type=_positive, default=0.01, help="fine-tuning rate")
+    comp.add_argument("--seed", type=_COUNT, default=0, help="seed of sampling and fine-tuning")
+    comp.add_argument("--out", default="runs/compress", help="run folder")
+    comp.set_defaults(prepare=_prepare_compress)
 
-    cmp = sub.add_parser("compare", help="coreset vs baselines at matched params and MACs")
+    cmp = command("compare", "coreset vs baselines at matched params and MACs")
     add_compare_arguments(cmp)
-    cmp.set_defaults(run=_compare)
+    cmp.set_defaults(prepare=_prepare_compare)
 
-    report = sub.add_parser("report", help="summary table and plot from a compare run folder")
+    report = command("report", "summary table and plot from a compare run folder")
     report.add_argument("run_dir", help="a folder written by `coreprune compare`")
-    report.set_defaults(run=_report)
+    report.set_defaults(prepare=_prepare_report)
 
     for p in (train, comp, cmp, report):
-        p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        p.add_argument("--threads", type=_POSITIVE_INT, default=DEFAULT_THREADS,
+                       help="torch CPU threads (the default is the fastest measured on a "
+                       "2-core CPU, benchmarks/results/threads.md)")  # fmt: skip
     return parser
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--limit", type=int, default=None, help="cap each split (quick runs)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when present)")
+    p.add_argument("--dataset", default="fashion_mnist", choices=tuple(DATASETS), help="dataset")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (Fashion-MNIST has a default)")  # fmt: skip
+    p.add_argument("--limit", type=_POSITIVE_INT, default=None,
+                   help="cap each split at this many images (quick runs); default: all")  # fmt: skip
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=128, help="training batch size")
+    p.add_argument("--image-size", type=_POSITIVE_INT, default=None,
+                   help="zero-pad images to this side; default: native (32 for VGG)")  # fmt: skip
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N")  # fmt: skip
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `coreprune compare` (examples/compare_baselines.py runs the same command)."""
-    d = CompareConfig()
-    p.add_argument("--models", nargs="+", default=list(d.models), choices=MODEL_NAMES)
-    p.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS)
-    p.add_argument("--targets", nargs="+", type=float, default=list(d.targets))
-    p.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=("params", "macs"))
-    p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
-    p.add_argument("--dataset", default=d.dataset)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--train-limit", type=int, default=d.train_limit, help="0 = all")
-    p.add_argument("--test-limit", type=int, default=d.test_limit, help="0 = all")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--calibration", type=int, default=d.calibration)
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--synflow-rounds", type=int, default=d.synflow_rounds)
-    p.add_argument(
-        "--beyond-accuracy",
-        action="store_true",
-        help="also agreement with dense, accuracy under input noise, ECE",
-    )
-    p.add_argument(
-        "--at-init",
-        action="store_true",
-        help="prune the initialised model, then train it (instead of prune + fine-tune)",
-    )
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--out", default=d.out)
+    d = CompareConfig(out="unused")
+    p.add_argument("--models", nargs="+", default=list(d.models), choices=MODEL_NAMES,
+                   metavar="MODEL", help="zoo models, each trained once per seed; any of "
+                   + ", ".join(MODEL_NAMES))  # fmt: skip
+    p.add_argument("--methods", nargs="+", default=list(d.methods), choices=METHODS,
+                   metavar="METHOD", help="pruning methods compared; any of "
+                   + ", ".join(METHODS))  # fmt: skip
+    p.add_argument("--targets", nargs="+", type=_fraction, default=list(d.targets),
+                   help="fractions of params (or MACs) removed")  # fmt: skip
+    p.add_argument("--metrics", nargs="+", default=list(d.metrics), choices=("params", "macs"),
+                   help="what the targets count")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=_COUNT, default=list(d.seeds),
+                   help="one dense model and one run per seed")  # fmt: skip
+    p.add_argument("--dataset", default=d.dataset, choices=tuple(DATASETS), help="dataset")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (Fashion-MNIST has a default)")  # fmt: skip
+    p.add_argument("--train-limit", type=_COUNT, default=d.train_limit,
+                   help="training images used; 0 = all")  # fmt: skip
+    p.add_argument("--test-limit", type=_COUNT, default=d.test_limit,
+                   help="test images used; 0 = all")  # fmt: skip
+    p.add_argument("--image-size", type=_POSITIVE_INT, default=None,
+                   help="zero-pad images to this side; default: native (32 for VGG)")  # fmt: skip
+    p.add_argument("--epochs", type=_POSITIVE_INT, default=d.epochs,
+                   help="dense training epochs (at init: the pruned model's)")  # fmt: skip
+    p.add_argument("--lr", type=_positive, default=d.lr, help="dense training rate")
+    p.add_argument("--finetune-epochs", type=_COUNT, default=d.finetune_epochs,
+                   help="fine-tuning epochs after pruning, the same for every method")  # fmt: skip
+    p.add_argument("--finetune-lr", type=_positive, default=d.finetune_lr, help="fine-tuning rate")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=d.batch_size, help="batch size")
+    p.add_argument("--calibration", type=_COUNT, default=d.calibration,
+                   help="coreset: training images spanning each layer's inputs; 0 = data-free")  # fmt: skip
+    p.add_argument("--rank", type=_POSITIVE_INT, default=d.rank,
+                   help="coreset: principal directions kept from the calibration inputs")  # fmt: skip
+    p.add_argument("--synflow-rounds", type=_POSITIVE_INT, default=d.synflow_rounds,
+                   help="SynFlow re-scoring rounds")  # fmt: skip
+    p.add_argument("--beyond-accuracy", action="store_true",
+                   help="also agreement with dense, accuracy under input noise, ECE")  # fmt: skip
+    p.add_argument("--at-init", action="store_true",
+                   help="prune the initialised model, then train it (instead of prune + "
+                   "fine-tune)")  # fmt: skip
+    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None,
+                   help="run folder; default: runs/compare-<digest of the settings>, so "
+                   "different settings never share a folder")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the results already in --out instead of resuming them")  # fmt: skip
 
 
 def compare_config(a: argparse.Namespace) -> CompareConfig:
+    """The CompareConfig of parsed `compare` arguments (0 limits mean all images)."""
     return CompareConfig(
         models=tuple(a.models), methods=tuple(a.methods), targets=tuple(a.targets),
         metrics=tuple(a.metrics), seeds=tuple(a.seeds), dataset=a.dataset,
@@ -140,42 +304,66 @@ def compare_config(a: argparse.Namespace) -> CompareConfig:
         test_limit=a.test_limit or None, image_size=a.image_size, epochs=a.epochs, lr=a.lr,
         finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
         batch_size=a.batch_size, calibration=a.calibration, rank=a.rank,
-        synflow_rounds=a.synflow_rounds, beyond_accuracy=a.beyond_accuracy, at_init=a.at_init, device=a.device,
-        out=a.out,
+        synflow_rounds=a.synflow_rounds, beyond_accuracy=a.beyond_accuracy, at_init=a.at_init,
+        device=a.device, out=a.out,
     )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
-# Commands
+# Commands: `_prepare_*` checks every input and returns the work to do
 
 
-def _train(a: argparse.Namespace) -> int:
-    out = _run_dir(a.out, a)
-    loaders = _loaders(a)
-    kwargs = _model_kwargs(a)
+def _prepare_train(a: argparse.Namespace) -> Callable[[], int]:
+    out = Path(a.out)
+    if a.resume and not (out / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+    model, kwargs = build_for_dataset(a.model, a.dataset, a.image_size)
+    loaders = _loaders(a, default_image_size(a.model, a.dataset))
+    device = _device(a.device)
+
+    def work() -> int:
+        _run_dir(out, a, device)
+        set_seed(a.seed)
+        fresh, _ = build_for_dataset(a.model, a.dataset, a.image_size)  # seeded initialisation
+        print(f"training {a.model} on {a.dataset} for {a.epochs} epochs ({device})")
+        history = fit(
+            fresh, loaders.train, epochs=a.epochs, lr=a.lr, val_loader=loaders.val,
+            device=device, checkpoint=out / "checkpoint.pt", resume=a.resume, seed=a.seed,
+        )  # fmt: skip
+        test = evaluate(fresh, loaders.test, device=device)
+        save_model(fresh.cpu(), out / "model", arch=a.model, arch_kwargs=kwargs)
+        _write_json(out / "metrics.json", {"test": test, "history": history.to_dict()})
+        print(f"{a.model}: test accuracy {test['accuracy']:.4f}; saved to {out / 'model'}")
+        return 0
+
+    del model  # built only to check the arguments before anything is written
+    return work
+
+
+@dataclass
+class _Source:
+    """The model to compress, and how to save it again (architecture name and kwargs)."""
+
+    model: nn.Module
+    arch: str
+    arch_kwargs: dict[str, Any] | None
+
+
+def _prepare_compress(a: argparse.Namespace) -> Callable[[], int]:
+    if a.weights is not None and a.model_factory is None:
+        raise ValueError("--weights goes with --model-factory (a --model-dir holds its weights)")
+    source = _factory_model(a.model_factory, a.weights) if a.model_factory else _saved_model(a)
+    size = a.image_size
+    if size is None and a.model_dir is not None:
+        arch = source.arch
+        size = default_image_size(arch, a.dataset) if arch in MODEL_NAMES else None
+    loaders = _loaders(a, size)
+    device = _device(a.device)
+    model = source.model.to(device)
+    example = next(iter(loaders.train))[0][:1].to(device)  # MACs are counted per image
+    _check_accepts(model, example, a.dataset)
     set_seed(a.seed)
-    model = build_model(a.model, **kwargs)
-    history = fit(
-        model, loaders.train, epochs=a.epochs, lr=a.lr, val_loader=loaders.val, device=a.device,
-        checkpoint=out / "checkpoint.pt", resume=a.resume, seed=a.seed,
-    )  # fmt: skip
-    test = evaluate(model, loaders.test, device=a.device)
-    save_model(model.cpu(), out / "model", arch=a.model, arch_kwargs=kwargs)
-    metrics = {"test": test, "history": history.to_dict()}
-    _write_json(out / "metrics.json", metrics)
-    print(f"{a.model}: test accuracy {test['accuracy']:.4f}; saved to {out / 'model'}")
-    return 0
-
-
-def _compress(a: argparse.Namespace) -> int:
-    out = _run_dir(a.out, a)
-    model = load_model(a.model_dir)
-    loaders = _loaders(a)
-    device = torch.device(a.device) if a.device else _auto_device()
-    model = model.to(device)
-    set_seed(a.seed)
-    example = next(iter(loaders.train))[0]
-    kwargs: dict[str, Any] = {"example_input": example[:2].to(device), "metric": a.metric,
+    kwargs: dict[str, Any] = {"example_input": example, "metric": a.metric,
                               "allocation": a.allocation, "mode": a.mode}  # fmt: skip
     if a.method == "coreset" and a.calibration > 0:
         kwargs.update(
@@ -186,80 +374,175 @@ def _compress(a: argparse.Namespace) -> int:
         kwargs.pop("metric"), kwargs.pop("allocation")
     else:
         kwargs.update(target=a.target)
-    method = make_pruner(CompareConfig(), a.method, loaders.train, a.seed)
-    dense_acc = evaluate(model, loaders.test, device=device)["accuracy"]
+    method = make_pruner(CompareConfig(out="unused"), a.method, loaders.train, a.seed)
+    print(f"compressing with {a.method} ({device})")
     result = compress(model, method=method, generator=torch.Generator().manual_seed(a.seed),
                       **kwargs)  # fmt: skip
-    pruned_acc = evaluate(result.model, loaders.test, device=device)["accuracy"]
-    metrics: dict[str, Any] = {"dense_accuracy": dense_acc, "pruned_accuracy": pruned_acc,
-                               "params_before": result.report.params_before,
-                               "params_after": result.report.params_after,
-                               "macs_before": result.report.macs_before,
-                               "macs_after": result.report.macs_after}  # fmt: skip
+
+    def work() -> int:
+        _compress_rest(a, source, model, result, loaders, device)
+        return 0
+
+    return work
+
+
+def _compress_rest(
+    a: argparse.Namespace, source: _Source, dense: nn.Module, result: CompressResult,
+    loaders: Loaders, device: torch.device,
+) -> None:  # fmt: skip
+    """Everything after the (validated) compression: accuracies, BN repair, fine-tuning, files."""
+    out = _run_dir(Path(a.out), a, device)
+    report = result.report
+    metrics: dict[str, Any] = {
+        "dense_accuracy": evaluate(dense, loaders.test, device=device)["accuracy"],
+        "pruned_accuracy": evaluate(result.model, loaders.test, device=device)["accuracy"],
+        "params_before": report.params_before, "params_after": report.params_after,
+        "macs_per_image_before": report.macs_before, "macs_per_image_after": report.macs_after,
+    }  # fmt: skip
+    pruned = result.model
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pruned.modules()):
+        print("re-estimating batch-norm statistics on training batches")
+        pruned = recalibrated_copy(pruned, loaders.train, device)
+        metrics["recalibrated_accuracy"] = evaluate(pruned, loaders.test, device=device)["accuracy"]
     if a.finetune_epochs > 0:
-        fit(result.model, loaders.train, epochs=a.finetune_epochs, lr=a.finetune_lr,
-            device=device, seed=a.seed)  # fmt: skip
-        metrics["finetuned_accuracy"] = evaluate(result.model, loaders.test, device=device)[
-            "accuracy"
-        ]
-    (out / "report.md").write_text(result.report.to_markdown() + "\n")
-    spec = json.loads((Path(a.model_dir) / ARCH_FILE).read_text())
-    save_model(result.model.cpu(), out / "model", arch=spec["arch"],
-               arch_kwargs=spec.get("arch_kwargs"))  # fmt: skip
+        print(f"fine-tuning for {a.finetune_epochs} epochs")
+        fit(pruned, loaders.train, epochs=a.finetune_epochs, lr=a.finetune_lr, device=device,
+            seed=a.seed)  # fmt: skip
+        metrics["finetuned_accuracy"] = evaluate(pruned, loaders.test, device=device)["accuracy"]
+    (out / "report.md").write_text(report.to_markdown() + "\n")
+    save_model(pruned.cpu(), out / "model", arch=source.arch, arch_kwargs=source.arch_kwargs)
+    if a.model_factory:
+        metrics["load_with"] = (
+            f"coreprune.serialization.load_model({str(out / 'model')!r}, factory={source.arch})"
+        )
     _write_json(out / "metrics.json", metrics)
-    print(result.report.to_markdown())
+    print(report.to_markdown())
     print(json.dumps(metrics, indent=2))
-    return 0
 
 
-def _compare(a: argparse.Namespace) -> int:
+def _saved_model(a: argparse.Namespace) -> _Source:
+    folder = Path(a.model_dir)
+    if not (folder / ARCH_FILE).is_file():
+        raise FileNotFoundError(f"--model-dir {folder}: no {ARCH_FILE}; pass a folder written by "
+                                "`coreprune train` (its model/ subfolder)")  # fmt: skip
+    spec = json.loads((folder / ARCH_FILE).read_text())
+    model = load_model(folder)
+    return _Source(model, spec["arch"], spec.get("arch_kwargs"))
+
+
+def _factory_model(reference: str, weights: str | None) -> _Source:
+    """Call the user's `module:function` for a model, and load `weights` into it if given."""
+    module_name, _, function_name = reference.partition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"--model-factory must be MODULE:FUNCTION, got {reference!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--model-factory: cannot import {module_name!r} ({err})") from err
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise ValueError(f"--model-factory: {module_name!r} has no function {function_name!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"--model-factory: {reference}() returned a {type(model).__name__}, "
+                        "not an nn.Module")  # fmt: skip
+    if weights is not None:
+        _load_weights(model, Path(weights))
+    return _Source(model.eval(), reference, None)
+
+
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """Load a plain state dict, refusing anything that is not one tensor per model entry."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state: object = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # unpickling errors come in many types
+            raise ValueError(f"--weights {path}: not a state dict readable with "
+                             f"weights_only=True ({type(err).__name__}: {err})") from err  # fmt: skip
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"--weights {path}: expected a state dict (names -> tensors)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:5])}"
+                        + (" ..." if len(unexpected) > 5 else ""))  # fmt: skip
+    if wrong:
+        problems.append(f"shape (file vs model) {'; '.join(wrong[:5])}")
+    if problems:
+        raise ValueError(f"--weights {path} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=True)
+
+
+def _check_accepts(model: nn.Module, example: torch.Tensor, dataset: str) -> None:
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as err:
+        raise ValueError(f"the model does not accept {dataset} images of shape "
+                         f"{tuple(example.shape)}: {err}") from err  # fmt: skip
+    finally:
+        model.train(was_training)
+
+
+def _prepare_compare(a: argparse.Namespace) -> Callable[[], int]:
     config = compare_config(a)
-    rows = run_comparison(config)
-    print()
-    print(write_summary(rows, config.out))
-    print(f"\nresults in {config.out}/ (results.csv, summary.md, summary.png, config.json)")
-    return 0
+    data = check_run(config, overwrite=a.overwrite)
+
+    def work() -> int:
+        rows = run_comparison(config, data=data, progress=True)
+        print()
+        print(write_summary(rows, config.folder))
+        print(f"\nresults in {config.folder}/ (results.csv, summary.md, summary.png, config.json)")
+        return 0
+
+    return work
 
 
-def _report(a: argparse.Namespace) -> int:
+def _prepare_report(a: argparse.Namespace) -> Callable[[], int]:
     folder = Path(a.run_dir)
     rows = read_rows(folder / "results.csv")
     if not rows:
-        raise SystemExit(f"coreprune report: no results.csv with rows in {folder}")
-    print(write_summary(rows, folder))
-    return 0
+        raise FileNotFoundError(f"no results.csv with rows in {folder}")
+
+    def work() -> int:
+        print(write_summary(rows, folder))
+        return 0
+
+    return work
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 
 
-def _run_dir(path: str, a: argparse.Namespace) -> Path:
-    out = Path(path)
+def _run_dir(out: Path, a: argparse.Namespace, device: torch.device) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(a).items() if k != "run"}
-    device = torch.device(a.device) if getattr(a, "device", None) else _auto_device()
+    config = {k: v for k, v in vars(a).items() if k not in ("prepare", "parser")}
     config.update(machine=describe_device(device), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     _write_json(out / "config.json", config)
     return out
 
 
-def _loaders(a: argparse.Namespace) -> Any:
+def _loaders(a: argparse.Namespace, image_size: int | None) -> Loaders:
     return make_loaders(a.dataset, a.data_root, batch_size=a.batch_size, limit=a.limit,
-                        image_size=a.image_size)  # fmt: skip
-
-
-def _model_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    channels = 1 if a.dataset in ("fashion_mnist", "mnist") else 3
-    classes = 100 if a.dataset == "cifar100" else 10
-    if a.model == "lenet300100":
-        size = a.image_size or (28 if channels == 1 else 32)
-        return {"in_features": channels * size * size, "num_classes": classes}
-    return {"in_channels": channels, "num_classes": classes}
-
-
-def _auto_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                        image_size=a.image_size or image_size)  # fmt: skip
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -9,10 +9,11 @@ resumes where it stopped. `summarize` gives mean ± std over seeds.
 
 from __future__ import annotations
 
-import copy
 import csv
+import hashlib
 import json
 import math
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,13 +24,21 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from coreprune.compress import compress
-from coreprune.harness.data import make_loaders
+from coreprune.harness.data import ImageData, Loaders, dataset_spec, load_dataset, make_loaders
 from coreprune.harness.evaluation.machine import describe_device
 from coreprune.harness.evaluation.robustness import DEFAULT_SIGMAS, robustness_report
-from coreprune.harness.models import build_model
-from coreprune.harness.training import evaluate, fit, set_seed
+from coreprune.harness.models import MODEL_NAMES
+from coreprune.harness.training import (
+    build_for_dataset,
+    default_image_size,
+    evaluate,
+    fit,
+    recalibrated_copy,
+    set_seed,
+)
 from coreprune.methods.dpf import dpf_train
 from coreprune.methods.earlybird import BNScale
 from coreprune.scoring import (
@@ -50,12 +59,18 @@ __all__ = [
     "CORE_METHODS",
     "METHODS",
     "MORE_METHODS",
+    "RUN_FILES",
     "CompareConfig",
+    "SettingsMismatch",
+    "check_run",
     "first_inputs",
     "make_pruner",
     "markdown_table",
     "plot_summary",
+    "prepare_run_folder",
+    "recalibrated_copy",
     "run_comparison",
+    "settings_differences",
     "summarize",
     "write_summary",
 ]
@@ -75,9 +90,23 @@ FIELDS = (
 )  # fmt: skip
 
 
+# Fields that do not shape the results: where the data and the run folder are, and the device
+# (a resumed run may continue on another device; results carry their device per row).
+_NOT_RESULTS = ("data_root", "device", "out")
+RUN_FILES = ("config.json", "results.csv", "summary.csv", "summary.md", "summary.png", "dense")
+
+
+class SettingsMismatch(ValueError):
+    """A run folder holds results made with other settings than the ones asked for."""
+
+
 @dataclass
 class CompareConfig:
-    """Everything a comparison run depends on; saved as config.json in the run folder."""
+    """Everything a comparison run depends on; saved as config.json in the run folder.
+
+    `out=None` names the folder after the settings (runs/compare-<digest of the settings>), so
+    two different runs never share the default folder and rerunning the same command resumes.
+    """
 
     # The defaults are the quick main job (a few minutes on 2 CPU cores); the committed results
     # use 3 seeds and targets 0.5 / 0.75 / 0.9 (benchmarks/results/compare/).
@@ -96,7 +125,7 @@ class CompareConfig:
     finetune_epochs: int = 1
     finetune_lr: float = 0.01
     batch_size: int = 128
-    calibration: int = 256  # training inputs spanning the coreset's query spaces
+    calibration: int = 256  # training inputs spanning the coreset's query spaces; 0: data-free
     rank: int = 8
     snip_batch: int = 128
     synflow_rounds: int = 100
@@ -106,70 +135,221 @@ class CompareConfig:
     # pruned model for `epochs`, instead of pruning the trained model and fine-tuning it.
     at_init: bool = False
     device: str = "auto"
-    out: str = "runs/compare"
+    out: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("models", "methods", "targets", "metrics", "seeds"):
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or not values:
+                raise ValueError(f"{name} must name at least one value, got {values!r}")
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                raise ValueError(f"{name} lists {', '.join(repeated)} more than once")
+            setattr(self, name, tuple(values))
+        for model in self.models:
+            if model not in MODEL_NAMES:
+                raise ValueError(f"models: {model!r} is not one of {', '.join(MODEL_NAMES)}")
         for name in self.methods:
             if name not in METHODS:
-                raise ValueError(f"methods: {name!r} is not one of {METHODS}")
+                raise ValueError(f"methods: {name!r} is not one of {', '.join(METHODS)}")
         for t in self.targets:
-            if not 0 < t < 1:
-                raise ValueError(f"targets must be fractions in (0, 1), got {t}")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+                raise ValueError(f"targets must be fractions in (0, 1), got {t!r}")
         for m in self.metrics:
             if m not in ("params", "macs"):
                 raise ValueError(f"metrics must be 'params' or 'macs', got {m!r}")
-        if not self.models or not self.seeds or not self.methods or not self.targets:
-            raise ValueError("models, seeds, methods and targets must each name at least one")
+        for seed in (*self.seeds, self.split_seed):
+            _check_int(seed, "seeds and split_seed", 0)
+        spec = dataset_spec(self.dataset)
+        for name, low in (("epochs", 1), ("finetune_epochs", 0), ("batch_size", 1),
+                          ("calibration", 0), ("rank", 1), ("snip_batch", 1),
+                          ("synflow_rounds", 1)):  # fmt: skip
+            _check_int(getattr(self, name), name, low)
+        for name in ("train_limit", "test_limit", "image_size"):
+            if getattr(self, name) is not None:
+                _check_int(getattr(self, name), name, 1)
+        if self.image_size is not None and self.image_size < spec.native_size:
+            raise ValueError(
+                f"image_size={self.image_size} is smaller than {self.dataset}'s "
+                f"{spec.native_size} px; use at least {spec.native_size} (images are only padded)"
+            )
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if "dpf" in self.methods and not self.at_init and self.finetune_epochs == 0:
+            raise ValueError("dpf prunes while fine-tuning: it needs finetune_epochs >= 1")
+        if self.out is None:
+            self.out = f"runs/compare-{self.digest()}"
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that shape the results (all but where the data, output and device are)."""
+        return {k: _jsonable(v) for k, v in asdict(self).items() if k not in _NOT_RESULTS}
+
+    def digest(self) -> str:
+        """A short fingerprint of `settings()`: equal settings, equal digest."""
+        text = json.dumps(self.settings(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    @property
+    def folder(self) -> Path:
+        assert self.out is not None  # set in __post_init__
+        return Path(self.out)
+
+
+def _check_int(value: object, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _jsonable(value: object) -> object:
+    """Tuples as lists, as they come back from config.json."""
+    return json.loads(json.dumps(value))
+
+
+def settings_differences(config: CompareConfig, recorded: dict[str, Any]) -> list[str]:
+    """`name: recorded -> asked` for every result-shaping setting that differs.
+
+    A setting missing from `recorded` (a folder written before the setting existed) counts as
+    its default, which is what that older version ran with.
+    """
+    defaults = CompareConfig(out="unused").settings()
+    out = []
+    for name, value in config.settings().items():
+        old = recorded.get(name, defaults[name])
+        if old != value:
+            out.append(f"{name}: {json.dumps(old)} in the folder, {json.dumps(value)} asked")
+    return out
+
+
+def prepare_run_folder(config: CompareConfig, *, overwrite: bool = False) -> Path:
+    """Check that `config` may write into its folder, and create the folder.
+
+    A folder holding results resumes only when every result-shaping setting matches its
+    config.json; otherwise `SettingsMismatch` names the differing settings and the fixes.
+    `overwrite=True` deletes the previous run's files (only those a comparison writes) first.
+    """
+    out = config.folder
+    recorded_file = out / "config.json"
+    has_results = (out / "results.csv").exists() or (out / "dense").exists()
+    if overwrite:
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    elif has_results:
+        if not recorded_file.exists():
+            raise SettingsMismatch(
+                f"{out} holds results but no config.json, so its settings are unknown; "
+                "use a new --out folder, or --overwrite to delete those results"
+            )
+        try:
+            recorded = json.loads(recorded_file.read_text())
+        except json.JSONDecodeError as err:
+            raise SettingsMismatch(f"{recorded_file} is not valid JSON ({err})") from err
+        differences = settings_differences(config, recorded)
+        if differences:
+            raise SettingsMismatch(
+                f"{out} holds results made with other settings ({'; '.join(differences)}); "
+                "use a new --out folder, or --overwrite to delete those results"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def check_run(config: CompareConfig, *, overwrite: bool = False) -> ImageData:
+    """Check every input of a comparison before anything is trained; return the loaded data.
+
+    The dataset must be readable, every model buildable for it, and the run folder free or
+    holding results of the same settings (see `prepare_run_folder`, which this calls: with
+    `overwrite=True` the previous results are deleted here).
+    """
+    _device(config.device)
+    data = load_dataset(config.dataset, config.data_root)
+    for model_name in config.models:
+        build_for_dataset(model_name, config.dataset, config.image_size)
+    prepare_run_folder(config, overwrite=overwrite)
+    return data
 
 
 def run_comparison(
-    config: CompareConfig, *, log: Callable[[str], None] = print, progress: bool = False
+    config: CompareConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+    data: ImageData | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (model, seed, metric, target, method) not already in results.csv; return all rows."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run every (model, seed, metric, target, method) not already in results.csv; return all rows.
+
+    Inputs are checked (`check_run`) before the run folder is created or anything is trained;
+    `data` (from `check_run`) skips loading the dataset again.
+    """
+    say = log if log is not None else (tqdm.write if progress else print)
     device = _device(config.device)
+    if data is None:
+        data = check_run(config, overwrite=overwrite)
+    else:
+        prepare_run_folder(config, overwrite=overwrite)
+    out = config.folder
     (out / "config.json").write_text(
         json.dumps({**asdict(config), "machine": describe_device(device)}, indent=2) + "\n"
     )
     results = out / "results.csv"
     rows = read_rows(results)
-    when = "init" if config.at_init else "trained"
-    if any((r.get("when") or "trained") != when for r in rows):
-        raise ValueError(
-            f"{results} holds results for models pruned {'after training' if config.at_init else 'at initialisation'}; "
-            "use another --out for this setting"
-        )
     done = {_key(r) for r in rows}
-    for model_name in config.models:
-        loaders = _loaders(config, model_name)
-        test = _limited(loaders.test, config.test_limit)
-        set_seed(config.split_seed)  # the same calibration inputs on every rerun
-        example = next(iter(loaders.train))[0]
-        calibration = first_inputs(loaders.train, config.calibration)
-        for seed in config.seeds:
-            dense, dense_acc = _dense(config, model_name, seed, loaders.train, test, device, log)
-            start = _initial(config, model_name, seed, device) if config.at_init else dense
-            for metric in config.metrics:
-                for target in config.targets:
-                    for method in config.methods:
-                        key = (model_name, str(seed), method, metric, f"{target:g}")
-                        if key in done or (method == "dpf" and metric != "params"):
-                            continue  # done before, or DPF (which budgets params only)
-                        row = _one_run(
-                            config, model_name, seed, method, metric, target, start, dense,
-                            dense_acc, loaders.train, test, example, calibration, device, progress,
-                        )  # fmt: skip
-                        _append(results, row)
-                        rows.append(row)
-                        done.add(key)
-                        log(
-                            f"{model_name} seed {seed} {metric} {target:g} {method:9s}: "
-                            f"pruned {row['pruned_accuracy']:.4f} fine-tuned "
-                            f"{row['finetuned_accuracy']:.4f} (dense {dense_acc:.4f}, "
-                            f"prune {row['prune_seconds']:.1f} s)"
-                        )
+    plan = [
+        (model_name, seed, metric, target, method)
+        for model_name in config.models
+        for seed in config.seeds
+        for metric in config.metrics
+        for target in config.targets
+        for method in config.methods
+        if not (method == "dpf" and metric != "params")  # DPF budgets params only
+    ]
+    todo = [p for p in plan if (p[0], str(p[1]), p[4], p[2], f"{p[3]:g}") not in done]
+    if len(todo) < len(plan):
+        say(f"resuming {out}: {len(plan) - len(todo)} of {len(plan)} runs already done")
+    bar = tqdm(total=len(todo), desc="compare", unit="run", disable=not progress or not todo)
+    try:
+        for model_name in config.models:
+            if not any(p[0] == model_name for p in todo):
+                continue
+            loaders = _loaders(config, model_name, data)
+            test = _limited(loaders.test, config.test_limit)
+            set_seed(config.split_seed)  # the same calibration inputs on every rerun
+            example = next(iter(loaders.train))[0]
+            calibration = first_inputs(loaders.train, config.calibration)
+            for seed in config.seeds:
+                runs = [p for p in todo if p[0] == model_name and p[1] == seed]
+                if not runs:
+                    continue
+                dense, dense_acc = _dense(
+                    config, model_name, seed, loaders.train, test, device, say, progress
+                )
+                start = _initial(config, model_name, seed, device) if config.at_init else dense
+                for _, _, metric, target, method in runs:
+                    bar.set_postfix_str(f"{model_name} seed {seed} {metric} {target:g} {method}")
+                    row = _one_run(
+                        config, model_name, seed, method, metric, target, start, dense,
+                        dense_acc, loaders.train, test, example, calibration, device,
+                    )  # fmt: skip
+                    _append(results, row)
+                    rows.append(row)
+                    bar.update()
+                    say(
+                        f"{model_name} seed {seed} {metric} {target:g} {method:9s}: "
+                        f"pruned {row['pruned_accuracy']:.4f} fine-tuned "
+                        f"{row['finetuned_accuracy']:.4f} (dense {dense_acc:.4f}, "
+                        f"prune {row['prune_seconds']:.1f} s)"
+                    )
+    finally:
+        bar.close()
     return rows
 
 
@@ -177,7 +357,6 @@ def _one_run(
     config: CompareConfig, model_name: str, seed: int, method: str, metric: str, target: float,
     start_model: nn.Module, dense: nn.Module, dense_acc: float, train: DataLoader,
     test: DataLoader, example: torch.Tensor, calibration: torch.Tensor, device: torch.device,
-    progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """Prune `start_model` (the trained dense model, or a fresh one with `at_init`), then give the
     pruned model the same fine-tuning (or, at init, the dense model's training budget)."""
@@ -189,15 +368,19 @@ def _one_run(
         if metric != "params":
             raise ValueError("dpf budgets params only; run it with metrics=('params',)")
         dpf = dpf_train(start_model, train, target=target, epochs=epochs, lr=lr, structured=True,
-                        example_input=example[:2], device=device, seed=seed)  # fmt: skip
+                        example_input=example[:1], device=device, seed=seed)  # fmt: skip
         assert dpf.report is not None
         report, pruned = dpf.report, dpf.model
         seconds = time.perf_counter() - start
         pruned_acc = recal_acc = math.nan  # DPF prunes while it trains: no one-shot model
     else:
-        kwargs: dict[str, Any] = {"target": target, "metric": metric, "progress": progress,
-                                  "example_input": example[:2].to(device)}  # fmt: skip
-        if method == "coreset":
+        kwargs: dict[str, Any] = {
+            "target": target,
+            "metric": metric,
+            "progress": False,
+            "example_input": example[:1].to(device),
+        }  # MACs per image
+        if method == "coreset" and config.calibration > 0:
             kwargs.update(calibration=calibration.to(device), rank=config.rank)
         result = compress(start_model, method=make_pruner(config, method, train, seed), **kwargs)
         seconds = time.perf_counter() - start
@@ -207,7 +390,8 @@ def _one_run(
         if not config.at_init:  # BN statistics of an untrained model say nothing
             recalibrated = recalibrated_copy(pruned, train, device)
             recal_acc = evaluate(recalibrated, test, device=device)["accuracy"]
-        fit(pruned, train, epochs=epochs, lr=lr, device=device, progress=progress, seed=seed)
+        if epochs > 0:  # finetune_epochs=0: report the accuracy without fine-tuning
+            fit(pruned, train, epochs=epochs, lr=lr, device=device, progress=False, seed=seed)
     tuned_acc = evaluate(pruned, test, device=device)["accuracy"]
     extra: dict[str, Any] = {}
     if config.beyond_accuracy:
@@ -225,31 +409,6 @@ def _one_run(
         "prune_seconds": seconds, "device": str(device),
         "when": "init" if config.at_init else "trained",
     }  # fmt: skip
-
-
-def recalibrated_copy(
-    model: nn.Module, loader: DataLoader, device: torch.device, batches: int = 20
-) -> nn.Module:
-    """A copy whose batch-norm running statistics are re-estimated on `batches` training batches.
-
-    Pruning shifts every later layer's input distribution, so the dense model's running stats no
-    longer fit; re-estimating them (no gradient step) is the usual cheap repair (e.g. EagleEye's
-    adaptive BN). It is applied identically to every method and reported as its own column.
-    """
-    work = copy.deepcopy(model).to(device)
-    norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return work
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
-    work.train()
-    with torch.no_grad():
-        for i, (x, _) in enumerate(loader):
-            if i >= batches:
-                break
-            work(x.to(device))
-    return work.eval()
 
 
 def make_pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) -> str | Pruner:
@@ -280,18 +439,20 @@ def make_pruner(config: CompareConfig, method: str, train: DataLoader, seed: int
 
 def _dense(
     config: CompareConfig, model_name: str, seed: int, train: DataLoader, test: DataLoader,
-    device: torch.device, log: Callable[[str], None],
+    device: torch.device, log: Callable[[str], None], progress: bool,
 ) -> tuple[nn.Module, float]:  # fmt: skip
     """The trained dense model for (model, seed), cached in the run folder."""
-    folder = Path(config.out) / "dense" / f"{model_name}-seed{seed}"
+    folder = config.folder / "dense" / f"{model_name}-seed{seed}"
     info = folder / "accuracy.json"
     if info.exists():
         return load_model(folder).to(device), json.loads(info.read_text())["accuracy"]
     set_seed(seed)
-    kwargs = _model_kwargs(config, model_name)
-    model = build_model(model_name, **kwargs).to(device)
+    model, kwargs = build_for_dataset(model_name, config.dataset, config.image_size)
+    model = model.to(device)
     start = time.perf_counter()
-    fit(model, train, epochs=config.epochs, lr=config.lr, device=device, progress=False,
+    log(f"{model_name} seed {seed}: training the dense model ({config.epochs} epochs on "
+        f"{len(train.dataset)} images, {device})")  # type: ignore[arg-type]  # fmt: skip
+    fit(model, train, epochs=config.epochs, lr=config.lr, device=device, progress=progress,
         seed=seed)  # fmt: skip
     acc = evaluate(model, test, device=device)["accuracy"]
     save_model(model.cpu(), folder, arch=model_name, arch_kwargs=kwargs)
@@ -304,29 +465,14 @@ def _dense(
 def _initial(config: CompareConfig, model_name: str, seed: int, device: torch.device) -> nn.Module:
     """The freshly initialised model of `seed` (the one the dense model was trained from)."""
     set_seed(seed)
-    return build_model(model_name, **_model_kwargs(config, model_name)).to(device)
+    return build_for_dataset(model_name, config.dataset, config.image_size)[0].to(device)
 
 
-def _model_kwargs(config: CompareConfig, model_name: str) -> dict[str, Any]:
-    spec_channels = 1 if config.dataset in ("fashion_mnist", "mnist") else 3
-    classes = 100 if config.dataset == "cifar100" else 10
-    kwargs: dict[str, Any] = {"in_channels": spec_channels, "num_classes": classes}
-    if model_name == "lenet300100":
-        size = _image_size(config, model_name) or 28
-        return {"in_features": spec_channels * size * size, "num_classes": classes}
-    return kwargs
-
-
-def _image_size(config: CompareConfig, model_name: str) -> int | None:
-    if config.image_size is not None:
-        return config.image_size
-    return 32 if model_name.startswith("vgg") else None
-
-
-def _loaders(config: CompareConfig, model_name: str) -> Any:
+def _loaders(config: CompareConfig, model_name: str, data: ImageData) -> Loaders:
+    size = config.image_size or default_image_size(model_name, config.dataset)
     return make_loaders(
-        config.dataset, config.data_root, batch_size=config.batch_size, seed=config.split_seed,
-        image_size=_image_size(config, model_name), limit=config.train_limit,
+        config.dataset, batch_size=config.batch_size, seed=config.split_seed, image_size=size,
+        limit=config.train_limit, data=data,
     )  # fmt: skip
 
 

@@ -19,26 +19,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch.distributed as dist
-from torch import nn
 
-from coreprune.harness.data import DATASETS, dataset_spec, make_loaders
-from coreprune.harness.models import MODEL_NAMES, build_model
-from coreprune.harness.training import evaluate, fit, recipe, set_seed
-
-
-def _build(name: str, dataset: str, image_size: int) -> nn.Module:
-    """The zoo model sized for the dataset's channels, classes and (padded) image size."""
-    spec = dataset_spec(dataset)
-    if name == "lenet300100":
-        return build_model(
-            name, in_features=spec.in_channels * image_size**2, num_classes=spec.num_classes
-        )
-    kwargs: dict[str, object] = {"in_channels": spec.in_channels, "num_classes": spec.num_classes}
-    if name == "lenet5":
-        kwargs["image_size"] = image_size
-    if name in ("resnet18", "resnet50"):
-        kwargs["small_input"] = True
-    return build_model(name, **kwargs)
+from coreprune.harness.data import DATASETS, make_loaders
+from coreprune.harness.models import MODEL_NAMES
+from coreprune.harness.training import (
+    build_for_dataset,
+    default_image_size,
+    evaluate,
+    fit,
+    recipe,
+    set_seed,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,9 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         overrides["lr"] = args.lr
     plan = recipe(args.model, **overrides)
     dataset = args.dataset or plan.dataset
-    spec = dataset_spec(dataset)
-    lenet = args.model.startswith("lenet")
-    image_size = spec.native_size if lenet else max(32, spec.native_size)
+    image_size = default_image_size(args.model, dataset)
     batch = args.batch_size or max(1, plan.batch_size // world)
     set_seed(args.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     loaders = make_loaders(
@@ -84,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         limit=args.limit,
         image_size=image_size,
     )
-    model = _build(args.model, dataset, image_size)
+    model, _ = build_for_dataset(args.model, dataset, image_size)
     history = fit(
         model,
         loaders.train,
