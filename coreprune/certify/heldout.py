@@ -19,6 +19,7 @@ from torch import nn
 
 from coreprune.certify._data import (
     DEFAULT_BATCH_SIZE,
+    Batches,
     Holdout,
     check_batch_size,
     check_confidence,
@@ -41,6 +42,7 @@ __all__ = [
     "Predictions",
     "certify",
     "certify_predictions",
+    "check_classifier",
     "predict",
 ]
 
@@ -138,6 +140,7 @@ def certify_predictions(
 ) -> HeldOutCertificate:
     """The certificate from predictions already computed (e.g. cached once, resampled often)."""
     confidence = check_confidence(confidence)
+    _check_flag(simultaneous)
     if not isinstance(predictions, Predictions):
         raise TypeError(f"predictions must be Predictions, got {type(predictions).__name__}")
     n = int(predictions.labels.numel())
@@ -209,6 +212,7 @@ def predict(
     check_model(dense, "dense")
     check_model(pruned, "pruned")
     confidence = check_confidence(confidence)
+    _check_flag(simultaneous)
     batches = check_holdout(holdout, check_batch_size(batch_size), labelled=True)
     d_agree, d_acc, _ = deltas(confidence, simultaneous)
     if batches.size is not None:
@@ -222,6 +226,8 @@ def predict(
             a, b = run_dense(x), run_pruned(x)
             if index == 0:
                 _check_outputs(a, b)
+                if batches.labels is not None:  # tensors: every label checked before the run
+                    check_labels(batches.labels, a.shape[1])
             check_labels(y, a.shape[1])
             assert y is not None
             dense_out.append(a.argmax(1).cpu())
@@ -230,6 +236,18 @@ def predict(
     if not labels:
         raise ValueError("holdout is empty: pass at least one held-out example")
     return Predictions(torch.cat(dense_out), torch.cat(pruned_out), torch.cat(labels))
+
+
+def check_classifier(model: nn.Module, batches: Batches, device: torch.device | None) -> None:
+    """Run `model` on the first held-out batch: it must return (batch, classes) scores and
+    every label (all of them for tensors, the first batch's for a DataLoader) must be a class."""
+    where = model_device(model) if device is None else device
+    run = on_device(model, where)
+    x, y = batches.first()
+    with read_only(model, run):
+        out = run(x.to(where))
+    _check_outputs(out, out)
+    check_labels(batches.labels if batches.labels is not None else y, out.shape[1])
 
 
 def _check_outputs(a: object, b: object) -> None:
@@ -247,6 +265,11 @@ def _check_outputs(a: object, b: object) -> None:
             f"dense and pruned give outputs of different shapes, {tuple(a.shape)} and "
             f"{tuple(b.shape)}: certify a pruned copy of the same classifier"
         )
+
+
+def _check_flag(simultaneous: object) -> None:
+    if not isinstance(simultaneous, bool):
+        raise TypeError(f"simultaneous must be True or False, got {type(simultaneous).__name__}")
 
 
 def _check_size(n: int, delta: float) -> None:

@@ -32,6 +32,7 @@ from coreprune.certify.heldout import (
     ASSUMPTION,
     INFORMATIVE,
     Predictions,
+    check_classifier,
     drop_upper,
     predict,
 )
@@ -190,6 +191,7 @@ def certified_compress(
             f"holdout has {batches.size} examples; at confidence {confidence:g} a bound needs "
             f"at least {need} (pass more held-out examples or lower the confidence)"
         )
+    check_classifier(model, batches, None)  # outputs and labels, before any compression
     tests: list[BudgetTest] = []
     accepted: CompressResult | None = None
     n = 0

@@ -165,3 +165,20 @@ def test_rejects_bad_holdout_types(mlp: nn.Module) -> None:
         certify(mlp, mlp, [1, 2, 3])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"pass \(inputs, labels\)"):
         certify(mlp, mlp, torch.randn(10, 8))  # type: ignore[arg-type]
+
+
+def test_rejects_bad_label_in_a_later_loader_batch(
+    mlp: nn.Module, holdout: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = holdout
+    bad = y.clone()
+    bad[-1] = -1
+    with pytest.raises(ValueError, match="labels must lie in"):
+        certify(mlp, mlp, DataLoader(TensorDataset(x, bad), batch_size=50))
+
+
+def test_rejects_non_bool_simultaneous(
+    mlp: nn.Module, holdout: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    with pytest.raises(TypeError, match="simultaneous must be True or False"):
+        certify(mlp, mlp, holdout, simultaneous="yes")  # type: ignore[arg-type]

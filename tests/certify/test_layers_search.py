@@ -141,3 +141,19 @@ def test_certified_compress_bad_input(mlp: nn.Module) -> None:
     with pytest.raises(ValueError, match="holdout is empty"):
         certified_compress(mlp, guarantee={"agreement": 0.5},
                            holdout=(torch.empty(0, 8), torch.empty(0, dtype=torch.long)))  # fmt: skip
+
+
+def test_certified_compress_checks_labels_before_compressing(
+    mlp: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coreprune.certify import search
+
+    def never(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("compress ran before the input checks")
+
+    monkeypatch.setattr(search, "compress", never)
+    x, y = _teacher_holdout(mlp, 100)
+    bad = y.clone()
+    bad[-1] = 7  # in the last example: every label is checked up front
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        certified_compress(mlp, guarantee={"agreement": 0.5}, holdout=(x, bad), **FAST)
