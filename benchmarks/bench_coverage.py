@@ -293,6 +293,28 @@ def markdown(rows: list[dict[str, object]], setting_rows: list[Setting], notes: 
             f"{s.dense_accuracy:.4f} | {v['accuracy']:.4f} | {v['agreement']:.4f} |"
         )
     lines += [f"- {n}" for n in notes]
+    valid = [r for r in rows if r["reference"] in ("population", "iid")]
+    broken = [r for r in valid if not r["ok"]]
+    worst = max(valid, key=lambda r: float(r["failure_rate"]) / float(r["delta"]))  # type: ignore[arg-type]
+    gaps = [r for r in rows if r["metric"] == "agreement" and r["reference"] == "fresh"]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        f"- validity: {len(valid) - len(broken)} of {len(valid)} (setting, bound, reference) "
+        "rows have a failure rate within delta + 2 binomial standard deviations"
+        + (f"; NOT within: {len(broken)}" if broken else "")
+        + f". Highest failure rate relative to its delta: {worst['failure_rate']:.3f} at delta "
+        f"{worst['delta']:.4f} ({worst['model']}, {worst['method']}, target {worst['target']}, "
+        f"{worst['bounds']}, {worst['metric']}, {worst['reference']}).",
+        "- tightness (certified agreement lower bound vs fresh agreement, mean over splits): "
+        + ", ".join(
+            f"{r['model']} {r['method']} {r['target']:g} {r['bounds']}: "
+            f"{float(r['agreement_gap_points_mean']):.2f}"  # type: ignore[arg-type]
+            for r in gaps
+        )
+        + " points.",
+    ]
     lines += [
         "",
         "## Coverage: how often a bound lands on the wrong side",
