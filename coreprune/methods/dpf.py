@@ -18,15 +18,16 @@ Two forms:
 - structured (per unit): each prunable pair keeps the units with the largest L2 filter norm
   (producer weight row), at the per-pair counts `coreprune.compress(target=...)` would keep; a
   masked unit's output is zeroed where the consumer reads it, with a straight-through gradient,
-  and at the end the masked units are physically removed with `compress` and the final mask.
+  and at the end exactly the masked units are cut out (`coreprune.compress.apply_plan`).
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Iterable, Sequence, Sized
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +43,19 @@ from coreprune.checks import (
     check_int,
     check_module,
 )
-from coreprune.compress import CompressReport, compress
+from coreprune.compress import (
+    CompressReport,
+    PairCut,
+    apply_plan,
+    compress,
+    count_macs,
+    count_params,
+)
+from coreprune.compress.cost import removed_fraction
 from coreprune.harness.training import set_seed
 from coreprune.harness.training.schedules import lr_factor
-from coreprune.scoring.base import Pruner
-from coreprune.scoring.gates import UnitGates
 from coreprune.scoring.masks import layer_names, select_mask
-from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
 from coreprune.torch_utils import (
     eval_mode,
     model_device,
@@ -120,8 +127,10 @@ class DPFHistory:
 @dataclass(frozen=True)
 class DPFResult:
     """`model`: unstructured, a masked copy (`weight_orig` dense, `weight_mask` final); structured,
-    the physically smaller model from `compress`. `masks`: True = kept, per layer name (weights)
-    or per producer name (units). `report`: compress's report (structured only)."""
+    the physically smaller model cut by `apply_plan` at the final mask. `masks`: True = kept, per
+    layer name (weights) or per producer name (units). `report` (structured only): a
+    `CompressReport` whose rows keep the final mask's units and whose totals are counted on
+    `model`."""
 
     model: nn.Module
     masks: dict[str, torch.Tensor]
@@ -340,7 +349,11 @@ class _WeightMasker(_Masker):
 class _UnitMasker(_Masker):
     """Per-pair unit masks by dense filter L2 norm. A masked unit is zeroed where its consumer
     reads it (exactly what removing it does: every op between is channel-wise and maps 0 to 0),
-    through x + (m x - x).detach(), so its filter still gets the gradient of the pruned model."""
+    through x + (m x - x).detach(), so its filter still gets the gradient of the pruned model.
+
+    The per-pair unit counts are those `compress(target=..., method="magnitude")` keeps on the
+    original model; at the end exactly the units of the final mask are cut with `apply_plan`.
+    """
 
     def __init__(
         self,
@@ -350,22 +363,22 @@ class _UnitMasker(_Masker):
         pairs: Sequence[PrunablePair] | None,
         example_input: torch.Tensor | None,
     ) -> None:
-
         self.model = work
         self.target = target
-        self.pairs = None if pairs is None else list(pairs)
         self.example_input = example_input
-        plan = compress(
-            original, target=target, method="magnitude", pairs=self.pairs,
+        self.plan = compress(
+            original, target=target, method="magnitude", pairs=pairs,
             example_input=example_input, progress=False,
-        )  # fmt: skip
-        self.rows = [(r.producer, r.consumer, r.units_before, r.units_after) for r in plan.report]
-        consumers = [r[1] for r in self.rows]
+        ).report  # fmt: skip
+        self.pairs = _plan_pairs(original, self.plan, pairs)
+        consumers = [p.consumer for p in self.pairs]
         if len(set(consumers)) != len(consumers):
             raise ValueError(
                 "two pairs share a consumer; structured DPF needs one pair per consumer"
             )
+        self.rows = [(r.producer, r.consumer, r.units_before, r.units_after) for r in self.plan]
         self.masks = {p: torch.ones(n, dtype=torch.bool) for p, _, n, _ in self.rows}
+        self.started = time.perf_counter()
 
     def update(self, step: int, sparsity: float) -> MaskUpdate:
         progress = sparsity / self.target
@@ -385,22 +398,49 @@ class _UnitMasker(_Masker):
         return _InputMasks(self.model, [(c, self.masks[p]) for p, c, _, _ in self.rows])
 
     def finish(self) -> tuple[nn.Module, dict[str, torch.Tensor], CompressReport | None]:
+        keeps = [torch.nonzero(self.masks[p.producer]).flatten() for p in self.pairs]
+        pruned = apply_plan(self.model, self.pairs, [PairCut(keep) for keep in keeps])
+        return pruned, {p: m.clone() for p, m in self.masks.items()}, self._report(pruned, keeps)
 
-        example = None
-        if self.example_input is not None:
-            example = self.example_input.to(model_device(self.model))
-        result = compress(
-            self.model, target=self.target, method=_KeepUnits(self.masks), pairs=self.pairs,
-            example_input=example, progress=False,
+    def _report(self, pruned: nn.Module, keeps: Sequence[torch.Tensor]) -> CompressReport:
+        """The planning report with DPF's kept units in its rows and the pruned model's totals.
+
+        Each row's params and MACs depend only on how many units the pair keeps, which DPF's
+        final mask shares with the plan; the totals are counted on the pruned model itself.
+        """
+        rows = tuple(
+            replace(row, keep=keep.clone(), scale=torch.ones(keep.numel(), dtype=torch.float64))
+            for row, keep in zip(self.plan, keeps, strict=True)
+        )
+        params_after = count_params(pruned)
+        names = dict.fromkeys(n for p in self.pairs for n in (p.producer, p.norm, p.consumer) if n)
+        prunable_after = sum(
+            t.numel() for n in names for t in pruned.get_submodule(n).parameters(recurse=False)
+        )
+        macs_after = None
+        if self.example_input is not None and self.plan.macs_before is not None:
+            macs_after = count_macs(pruned, self.example_input.to(model_device(pruned)))
+        achieved = removed_fraction(self.plan.params_before, params_after)
+        budget = (
+            f"target {100 * self.target:g}% of params removed, per-pair unit counts of "
+            f"compress(method='magnitude', allocation='uniform'), units chosen by DPF's final "
+            f"mask; achieved {100 * achieved:.2f}% params removed"
+        )
+        return replace(
+            self.plan, rows=rows, method="dpf", budget=budget, achieved=achieved,
+            target_reached=achieved >= self.target - 1e-12, params_after=params_after,
+            prunable_params_after=prunable_after, macs_after=macs_after,
+            seconds=time.perf_counter() - self.started,
         )  # fmt: skip
-        for row in result.report:
-            wanted = torch.nonzero(self.masks[row.producer]).flatten()
-            if row.keep is None or not torch.equal(row.keep.cpu(), wanted):
-                raise RuntimeError(
-                    f"compress kept other units of {row.producer!r} than DPF's final mask; "
-                    "the budget plan changed between the start and the end of training"
-                )
-        return result.model, {p: m.clone() for p, m in self.masks.items()}, result.report
+
+
+def _plan_pairs(
+    model: nn.Module, plan: CompressReport, given: Sequence[PrunablePair] | None
+) -> list[PrunablePair]:
+    """The pairs of the plan's rows, in the rows' order (from `given`, or as found in `model`)."""
+    pool = list(given) if given is not None else find_prunable_pairs(model)[0]
+    by_producer = {p.producer: p for p in pool}
+    return [by_producer[row.producer] for row in plan]
 
 
 class _InputMasks:
@@ -435,31 +475,6 @@ def _mask_hook(module: nn.Module, mask: torch.Tensor) -> Callable[..., Any]:
         return (x + (x * m - x).detach(), *args[1:])
 
     return hook
-
-
-class _KeepUnits(Pruner):
-    """Unit scores that make `compress` keep exactly DPF's final units (kept: >= 1, masked:
-    <= 0.5, ties broken by filter norm)."""
-
-    name: ClassVar[str] = "dpf"
-
-    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
-        self.masks = masks
-
-    def weight_scores(
-        self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        raise TypeError("structured DPF's final mask scores units, not weights")
-
-    def unit_scores(
-        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        out = []
-        for pair, producer in zip(gates.pairs, gates.producers, strict=True):
-            norms = torch.linalg.vector_norm(producer.weight.detach().flatten(1).double(), dim=1)
-            tie = 0.5 * norms.cpu() / (float(norms.max()) + 1e-300)
-            out.append(self.masks[pair.producer].double() + tie)
-        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune import compress
+from coreprune.compress import count_macs, count_params
 from coreprune.methods.dpf import cubic_sparsity, dpf_train
 
 torch.set_num_threads(1)
@@ -146,17 +147,26 @@ def test_structured_dpf_revives_a_unit_and_returns_the_masked_network_physically
 
 def test_structured_dpf_uses_compress_budget_and_keeps_its_final_mask() -> None:
     net, batches = _conv_net(), _classification()
+    example = batches[0][0][:1]
     result = dpf_train(
         net, batches, target=0.5, epochs=2, lr=0.05, structured=True, update_every=3,
-        device="cpu", seed=0,
+        device="cpu", seed=0, example_input=example,
     )  # fmt: skip
-    plan = compress(net, target=0.5, method="magnitude", progress=False)
-    assert result.report is not None
-    assert [r.units_after for r in result.report] == [r.units_after for r in plan.report]
+    plan = compress(net, target=0.5, method="magnitude", example_input=example, progress=False)
+    report = result.report
+    assert report is not None and report.method == "dpf"
+    assert [r.units_after for r in report] == [r.units_after for r in plan.report]
     assert result.achieved == pytest.approx(plan.report.params_removed)
-    for row in result.report:
+    for row in report:
         assert row.keep is not None
         assert row.keep.tolist() == torch.nonzero(result.masks[row.producer]).flatten().tolist()
+    # the totals are those of the returned model
+    assert report.params_after == count_params(result.model)
+    assert report.macs_after == count_macs(result.model, example)
+    assert report.macs_before == count_macs(net, example) and report.target_reached
+    assert report.params_removed == pytest.approx(
+        1 - count_params(result.model) / count_params(net)
+    )
 
 
 def test_bad_arguments_name_the_argument() -> None:
