@@ -32,18 +32,18 @@ from coreprune.compress.cost import (
 )
 from coreprune.compress.options import DEFAULT_FLOOR, Options, check_model_inputs, check_options
 from coreprune.compress.report import CompressReport, CompressResult, LayerRow
-from coreprune.compress.rewire import (
+from coreprune.scoring.base import Pruner
+from coreprune.scoring.gates import UnitGates
+from coreprune.surgery.activations import resolve_activation
+from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pairs, validate_pairs
+from coreprune.surgery.registry import layer_kind
+from coreprune.surgery.rewire import (
     DEFAULT_RIDGE,
     expand_reading,
     merge_weights,
     refit_consumer,
     rewired_eps,
 )
-from coreprune.scoring.base import Pruner
-from coreprune.scoring.gates import UnitGates
-from coreprune.surgery.activations import resolve_activation
-from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pairs, validate_pairs
-from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.units import layer_units, next_weights
 from coreprune.torch_utils import replace_submodule, restore_flags, training_flags
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from coreprune.surgery.patches import conv_patches
 from coreprune.torch_utils import eval_mode
 
-__all__ = ["MAX_CALIBRATION_ROWS", "capture_input", "capture_output", "conv_patches", "input_rows"]
+__all__ = ["MAX_CALIBRATION_ROWS", "capture_input", "capture_output", "input_rows", "subsample_rows"]
 
 MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for a calibration query space
 _ROW_SEED = 0  # row subsampling uses its own generator, so it never shifts the caller's stream
@@ -59,22 +59,6 @@ def capture_input(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Te
 def capture_output(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tensor:
     """The output tensor of submodule `name` when `model` runs (eval mode) on `inputs`."""
     return _capture(model, name, inputs, output=True)
-
-
-def conv_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """im2col rows (N*L x C*kh*kw) of `x` as `conv` reads them, its own padding mode applied."""
-    if isinstance(conv.padding, str):
-        pads: list[int] = []
-        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
-            total = d * (k - 1) if conv.padding == "same" else 0
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(conv.padding) for _ in range(2)]
-    if any(pads):
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x, pads, mode=mode)
-    patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
-    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
 
 
 def subsample_rows(rows: torch.Tensor, limit: int = MAX_CALIBRATION_ROWS) -> torch.Tensor:

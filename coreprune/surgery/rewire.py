@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune.surgery.activations import Activation, resolve_activation
+from coreprune.surgery.patches import pad_for
 from coreprune.surgery.units import Producer
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -537,7 +538,7 @@ def _conv_rows(
     for lo in range(0, n_img, per_chunk):
         hi = min(lo + per_chunk, n_img)
         patches = F.unfold(
-            _pad(x[lo:hi], conv), conv.kernel_size, dilation=conv.dilation, stride=conv.stride
+            pad_for(x[lo:hi], conv), conv.kernel_size, dilation=conv.dilation, stride=conv.stride
         )
         rows = patches.transpose(1, 2).reshape(-1, f)
         if pick is not None:
@@ -548,21 +549,6 @@ def _conv_rows(
     if pick is not None:
         targets = targets.index_select(0, pick.to(targets.device))
     return feats, targets
-
-
-def _pad(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """Apply the conv's own padding (any mode, 'same'/'valid' included) so unfold needs none."""
-    if isinstance(conv.padding, str):
-        pads: list[int] = []
-        for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation), strict=True):
-            total = d * (k - 1) if conv.padding == "same" else 0
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(conv.padding) for _ in range(2)]
-    if not any(pads):
-        return x
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return F.pad(x, pads, mode=mode)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune import coreset_prune
-from coreprune.compress.rewire import (
+from coreprune.surgery.rewire import (
     bias_change,
     consumer_from_reading,
     expand_reading,
