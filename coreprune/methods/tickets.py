@@ -16,19 +16,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from coreprune.checks import check_fraction, check_int, check_module
-from coreprune.compress import CompressResult, compress
+from coreprune.compress import PairCut, apply_plan, count_params
 from coreprune.harness.training import fit
 from coreprune.harness.training.history import TrainHistory
 from coreprune.methods.earlybird import (
-    BNScale,
     EarlyBird,
     SplineEarlyBird,
     bn_channel_mask,
     bn_pairs,
 )
 from coreprune.surgery.graph import PrunablePair
-from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
-from coreprune.torch_utils import module_weight, replace_submodule
+from coreprune.torch_utils import module_weight
 
 __all__ = ["EarlyBirdResult", "train_early_bird"]
 
@@ -47,17 +45,23 @@ class EarlyBirdResult:
     `model` is the final network (pruned and retrained; the caller's model is untouched).
     `ticket_epoch` is the 0-based epoch whose end drew the ticket, None if none was drawn (then
     the network was pruned after the last epoch with that epoch's mask). `mask` is the channel
-    mask that was removed (True = kept), `compressed` compress's result (report per layer; None
-    when the mask removes nothing), `search` and `retrain` the two `fit` histories.
+    mask that was removed (True = kept), `params_before` / `params_after` the parameter counts
+    before and after removing it, `search` and `retrain` the two `fit` histories.
     """
 
     model: nn.Module
     ticket_epoch: int | None
     mask: Mask
-    compressed: CompressResult | None
+    params_before: int
+    params_after: int
     search: TrainHistory
     retrain: TrainHistory | None
     detector: EarlyBird | SplineEarlyBird = field(repr=False)
+
+    @property
+    def removed(self) -> float:
+        """Fraction of the parameters that removing the ticket's channels removed."""
+        return 1.0 - self.params_after / self.params_before
 
     @property
     def dense_epochs(self) -> int:
@@ -83,10 +87,8 @@ def train_early_bird(
 
     `detector` is "bn" (`EarlyBird(ratio)`), "spline" (`SplineEarlyBird(anchor_inputs)`; default
     anchors: examples 0, 1, 2 of `train_loader.dataset`) or a fresh detector instance. At the
-    ticket epoch the channels masked by `bn_channel_mask(model, ratio)` are removed exactly, by
-    `coreprune.compress(method=BNScale(), allocation="global")`, with `target` set to the
-    fraction of parameters that removing exactly those channels removes (so compress's global
-    |gamma| ranking stops exactly at the mask; each layer keeps at least its largest-|gamma|
+    ticket epoch the channels masked by `bn_channel_mask(model, ratio)` are cut out exactly by
+    `coreprune.compress.apply_plan` (a layer the mask would empty keeps its largest-|gamma|
     channel). The small network is then trained for the remaining `epochs` with a fresh `fit`
     schedule at `retrain_lr` (default `lr`). `fit_kwargs` go to both `fit` calls.
     """
@@ -126,29 +128,15 @@ def train_early_bird(
         str(p.norm): _as_mask(k, mask[str(p.norm)].numel())
         for p, k in zip(chosen, keeps, strict=True)
     }
-    removed = _removed_fraction(work, chosen, keeps)
-    compressed = None
-    final = work
-    if removed > 0:
-        total = sum(p.numel() for p in work.parameters())
-        compressed = compress(
-            work, target=removed - 0.5 / total, method=BNScale(), allocation="global",
-            pairs=chosen, progress=False,
-        )  # fmt: skip
-        got = [row.keep.tolist() for row in compressed.report]
-        want = [k.tolist() for k in keeps]
-        if got != want:
-            raise RuntimeError(
-                "compress kept other channels than the ticket mask; please report this bug "
-                f"(kept {[len(g) for g in got]}, mask keeps {[len(w) for w in want]})"
-            )
-        final = compressed.model
+    final = apply_plan(work, chosen, [PairCut(keep) for keep in keeps])
     remaining = epochs - search.epochs
     retrain = None
     if remaining > 0:
         retrain = fit(final, train_loader, epochs=remaining, lr=retrain_lr, progress=progress,
                       **kwargs)  # fmt: skip
-    return EarlyBirdResult(final, ticket_epoch, mask, compressed, search, retrain, watcher)
+    return EarlyBirdResult(
+        final, ticket_epoch, mask, count_params(work), count_params(final), search, retrain, watcher
+    )
 
 
 def _make_detector(
@@ -204,7 +192,7 @@ def _default_anchors(loader: Any) -> torch.Tensor:
 
 def _ticket_keeps(model: nn.Module, pairs: list[PrunablePair], mask: Mask) -> list[torch.Tensor]:
     """Kept channel indices per pair; a layer the mask empties keeps its largest |gamma|
-    (first index on ties), which is the unit compress always protects."""
+    (first index on ties), so no layer is emptied."""
     keeps = []
     for pair in pairs:
         name = str(pair.norm)
@@ -221,27 +209,3 @@ def _as_mask(keep: torch.Tensor, n: int) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[keep] = True
     return mask
-
-
-def _removed_fraction(
-    model: nn.Module, pairs: list[PrunablePair], keeps: list[torch.Tensor]
-) -> float:
-    """Fraction of parameters that removing the masked channels removes, by exact surgery on a
-    copy (compress's own cost model is private)."""
-
-    before = sum(p.numel() for p in model.parameters())
-    copy_ = copy.deepcopy(model)
-    for pair, keep in zip(pairs, keeps, strict=True):
-        producer = copy_.get_submodule(pair.producer)
-        consumer = copy_.get_submodule(pair.consumer)
-        n = module_weight(copy_, pair.producer).shape[0]
-        if keep.numel() == n:
-            continue
-        ones = torch.ones(keep.numel(), dtype=torch.float64)
-        replace_submodule(copy_, pair.producer, slice_producer(producer, keep))  # type: ignore[arg-type]
-        replace_submodule(copy_, pair.consumer, slice_consumer(consumer, n, keep, ones))  # type: ignore[arg-type]
-        if pair.norm is not None:
-            norm = copy_.get_submodule(pair.norm)
-            replace_submodule(copy_, pair.norm, slice_norm(norm, keep))  # type: ignore[arg-type]
-    after = sum(p.numel() for p in copy_.parameters())
-    return (before - after) / before

@@ -314,10 +314,16 @@ def test_train_early_bird_removes_exactly_the_ticket_and_trains_the_rest() -> No
     for name, kept in result.mask.items():
         assert torch.equal(kept, detector.ticket_mask[name])
     assert sum(int((~m).sum()) for m in result.mask.values()) == 8  # floor(0.5 * 16)
-    assert result.compressed is not None
-    for row, (name, kept) in zip(result.compressed.report, result.mask.items(), strict=True):
-        assert row.norm == name and row.keep.tolist() == torch.nonzero(kept).flatten().tolist()
-    assert result.model[0].out_channels + result.model[3].out_channels == 8
+    # each layer keeps exactly its mask's channels: conv 0 / bn 1 and conv 3 / bn 4
+    assert list(result.mask) == ["1", "4"]
+    assert result.model[0].out_channels == int(result.mask["1"].sum())
+    assert result.model[3].out_channels == int(result.mask["4"].sum())
+    assert result.model[1].num_features == result.model[0].out_channels
+    assert result.model[3].in_channels == result.model[0].out_channels
+    dense_params = sum(p.numel() for p in model.parameters())
+    pruned_params = sum(p.numel() for p in result.model.parameters())
+    assert (result.params_before, result.params_after) == (dense_params, pruned_params)
+    assert result.removed == pytest.approx(1 - pruned_params / dense_params)
     assert result.model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name  # the caller's model is untouched
@@ -349,4 +355,4 @@ def test_no_ticket_prunes_at_the_end_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="no early-bird ticket"):
         result = train_early_bird(_convnet(), _loader(), ratio=0.5, epochs=2, detector=detector)
     assert result.ticket_epoch is None and result.retrain is None and result.dense_epochs == 2
-    assert result.compressed is not None
+    assert result.params_after < result.params_before
