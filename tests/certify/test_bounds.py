@@ -73,3 +73,18 @@ def test_min_holdout_size() -> None:
 def test_bad_counts(args: tuple[object, ...], kind: type[Exception], fragment: str) -> None:
     with pytest.raises(kind, match=fragment):
         clopper_pearson_lower(*args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("n", "delta"), [(5, 0.05), (20, 0.2), (60, 0.05)])
+def test_exact_coverage_over_a_grid_of_p(n: int, delta: float) -> None:
+    """P_p(lower > p) summed exactly over the binomial pmf: never above delta, and close to it
+    just below each bound (the bound is exact, not merely conservative)."""
+    lows = np.array([clopper_pearson_lower(k, n, delta) for k in range(n + 1)])
+    highs = np.array([clopper_pearson_upper(k, n, delta) for k in range(n + 1)])
+    grid = np.concatenate([np.linspace(0, 1, 401), lows[1:] - 1e-9, highs[:-1] + 1e-9])
+    grid = grid[(grid >= 0) & (grid <= 1)]
+    pmf = binom.pmf(np.arange(n + 1)[None, :], n, grid[:, None])
+    fail_low = (pmf * (lows[None, :] > grid[:, None])).sum(1)
+    fail_high = (pmf * (highs[None, :] < grid[:, None])).sum(1)
+    assert fail_low.max() <= delta + 1e-9 and fail_high.max() <= delta + 1e-9
+    assert fail_low.max() >= delta - 1e-6 and fail_high.max() >= delta - 1e-6
