@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from coreprune.harness.comparison import (
     SettingsMismatch,
     _append,
     markdown_table,
+    plot_summary,
     prepare_run_folder,
     read_rows,
     recalibrated_copy,
     settings_differences,
     summarize,
+    write_summary,
 )
 
 
@@ -140,3 +143,18 @@ def test_a_folder_of_other_settings_is_refused_and_overwrite_deletes_only_run_fi
 def test_compare_config_refuses_bad_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CompareConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_without_matplotlib_the_plot_error_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"model": "m", "metric": "params", "target": 0.5, "method": "random", "seed": 0,
+             "dense_accuracy": 0.9, "pruned_accuracy": 0.5, "recalibrated_accuracy": 0.6,
+             "finetuned_accuracy": 0.7, "params_removed": 0.5, "macs_removed": 0.4,
+             "prune_seconds": 1.0}]  # fmt: skip
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'coreprune\[plots\]'"):
+        plot_summary(summarize(rows), tmp_path / "x.png")
+    write_summary(rows, tmp_path)
+    assert (tmp_path / "summary.md").exists() and not (tmp_path / "summary.png").exists()
+    assert "coreprune[plots]" in capsys.readouterr().out

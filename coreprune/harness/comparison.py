@@ -653,18 +653,18 @@ def _pm(mean: float, std: float, seeds: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if seeds > 1 else "")
 
 
-def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> bool:
+def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Accuracy vs fraction removed, one line per method, one panel per (model, metric).
 
-    Returns False (and draws nothing) when matplotlib is not installed.
+    Needs matplotlib, the "plots" extra: without it, ImportError says how to install it.
     """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install 'coreprune[plots]'") from err
     panels = sorted({(s["model"], s["metric"]) for s in summary})
     kinds = (("pruned_accuracy", "no fine-tuning"), ("recalibrated_accuracy", "BN re-estimated"),
              ("finetuned_accuracy", "fine-tuned"))  # fmt: skip
@@ -690,11 +690,13 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
 
 
 def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> str:
-    """summary.csv, summary.md and summary.png in `out` from the per-run rows; returns the table."""
+    """summary.csv, summary.md and summary.png in `out` from the per-run rows; returns the table.
+
+    Without matplotlib (the "plots" extra) the plot is left out and a line says how to get it.
+    """
     out = Path(out)
     summary = summarize(rows)
     if not summary:
@@ -707,6 +709,8 @@ def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> str:
     if any(not math.isnan(s.get("agreement", math.nan)) for s in summary):
         table += "\n\n" + beyond_accuracy_table(summary)
     (out / "summary.md").write_text(table + "\n")
-    if not plot_summary(summary, out / "summary.png"):
-        print("matplotlib is not installed: no plot (pip install 'coreprune[plots]')")
+    try:
+        plot_summary(summary, out / "summary.png")
+    except ImportError as err:  # the table and CSV are complete without the plot; say so
+        print(f"no summary.png: {err}")
     return table
