@@ -157,3 +157,22 @@ def test_certified_compress_checks_labels_before_compressing(
     bad[-1] = 7  # in the last example: every label is checked up front
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         certified_compress(mlp, guarantee={"agreement": 0.5}, holdout=(x, bad), **FAST)
+
+
+def test_conv_layers_compare_kept_channels() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+        nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3),
+    )  # fmt: skip
+    net.eval()
+    x = torch.randn(64, 1, 10, 10)
+    result = compress(net, target=0.4, **FAST)
+    report = layer_exceedance(net, result.model, result.report.rows, x, 0.3)
+    keep = result.report.rows[1].keep  # conv "3" is pair 0's consumer and pair 1's producer
+    with torch.no_grad():
+        z = net[:4](x)[:, keep]
+        z_hat = result.model[:4](x)
+    err = (z - z_hat).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
+    assert report[0].dense_name == "3" and report[0].units == len(keep) < 8
+    assert report[0].exceed == int((err > 0.3).sum())
