@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from coreprune.checks import check_int
 from coreprune.torch_utils import module_weight
 
 from .base import Pruner
@@ -25,8 +26,8 @@ class Random(Pruner):
     name: ClassVar[str] = "random"
 
     def __init__(self, seed: int | torch.Generator = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator)):
-            raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+        if not isinstance(seed, torch.Generator):
+            check_int(seed, "seed (or a torch.Generator)")
         self.seed = seed
 
     def _generator(self) -> torch.Generator:

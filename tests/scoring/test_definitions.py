@@ -282,3 +282,5 @@ def test_bad_input_is_refused() -> None:
         SynFlow(input_shape=(3, 2.5))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"input_shape\[0\] must be >= 1"):
         SynFlow(input_shape=(0, 4))
+    with pytest.raises(TypeError, match=r"seed \(or a torch\.Generator\) must be an int"):
+        Random(True)
