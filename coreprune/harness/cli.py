@@ -50,8 +50,9 @@ from coreprune.serialization import ARCH_FILE, load_model, save_model
 __all__ = ["DEFAULT_THREADS", "add_compare_arguments", "compare_config", "main"]
 
 # torch CPU threads unless --threads says otherwise: the fastest count measured for compression
-# and training on a 2-core CPU (benchmarks/results/threads.md).
-DEFAULT_THREADS = 2
+# and training on the project's loaded 2-core CPU (benchmarks/results/threads.md: 1 thread was
+# 2 to 80 times faster than 2 there).
+DEFAULT_THREADS = 1
 
 _INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
@@ -227,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for p in (train, comp, cmp, report):
         p.add_argument("--threads", type=_POSITIVE_INT, default=DEFAULT_THREADS,
-                       help="torch CPU threads (the default is the fastest measured on a "
-                       "2-core CPU, benchmarks/results/threads.md)")  # fmt: skip
+                       help="torch CPU threads; the default was the fastest measured on a "
+                       "busy 2-core CPU (benchmarks/results/threads.md); try 2 or more on an "
+                       "idle machine")  # fmt: skip
     return parser
 
 

@@ -397,7 +397,9 @@ def _one_run(
     if config.beyond_accuracy:
         rep = robustness_report(pruned, dense, test, sigmas=DEFAULT_SIGMAS, seed=seed)
         extra = {"agreement": rep["agreement"], "ece": rep["ece"]}
-        extra.update({f"noise_{s:g}": a for s, a in rep["noisy_accuracy"].items()})
+        noisy = rep["noisy_accuracy"]
+        assert isinstance(noisy, dict)
+        extra.update({f"noise_{s:g}": a for s, a in noisy.items()})
     return extra | {
         "model": model_name, "seed": seed, "method": method, "metric": metric, "target": target,
         "achieved": report.achieved, "params_removed": report.params_removed,

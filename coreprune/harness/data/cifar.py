@@ -98,8 +98,8 @@ def _load(
             f"dataset and put its batches ({names}) there"
         )
     parts = {}
-    for split, names in (("train", train), ("test", test)):
-        arrays = [_parse_batch(root / n, label_key, num_classes) for n in names]
+    for split, files in (("train", train), ("test", test)):
+        arrays = [_parse_batch(root / n, label_key, num_classes) for n in files]
         parts[f"{split}_images"] = torch.from_numpy(np.concatenate([a for a, _ in arrays]))
         parts[f"{split}_labels"] = torch.from_numpy(np.concatenate([b for _, b in arrays]))
     return ImageData(num_classes=num_classes, **parts)

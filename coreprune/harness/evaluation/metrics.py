@@ -200,9 +200,10 @@ def _no_sync(_device: torch.device) -> None:
 def _as_args(value: object, name: str) -> tuple[torch.Tensor, ...]:
     if isinstance(value, torch.Tensor):
         return (value,)
-    tensors = isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value)
-    if tensors and value:
-        return tuple(value)
+    if isinstance(value, (tuple, list)) and value:
+        items = tuple(value)
+        if all(isinstance(v, torch.Tensor) for v in items):
+            return items
     raise TypeError(f"{name} must be a tensor or a tuple of tensors (the forward's arguments)")
 
 

@@ -149,7 +149,7 @@ def shard_loader(loader: DataLoader, context: DistContext, seed: int) -> DataLoa
             "under DDP, fit shards loaders built with batch_size= and shuffle=True/False; "
             "for a custom sampler, build the loader with a DistributedSampler yourself"
         )
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         loader.dataset,
         num_replicas=context.world_size,
         rank=context.rank,

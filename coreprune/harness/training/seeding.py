@@ -63,7 +63,9 @@ def rng_snapshot(device: torch.device | None = None) -> dict[str, object]:
     """The state of Python's, NumPy's and torch's CPU RNGs, and of ``device``'s RNG when it
     is a CUDA device (only that one: touching the others would open a context on each)."""
     version, words, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = state
     snapshot: dict[str, object] = {
         "python": {
             "version": version,

@@ -199,7 +199,7 @@ def fit(
     use_amp, amp_dtype = _amp_settings(target, amp)
     model.to(target)
     if target.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in the stubs
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
