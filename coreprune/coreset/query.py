@@ -12,6 +12,17 @@ from dataclasses import dataclass
 import torch
 
 
+def _real_tensor(value: object, name: str, shape_hint: str) -> torch.Tensor:
+    """Refuse non-tensors, complex/bool dtypes and meta tensors before any work."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor ({shape_hint}), got {type(value).__name__}")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real tensor, got {value.dtype}; pass real values")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (it has no values); materialise it first")
+    return value
+
+
 @dataclass(frozen=True)
 class QuerySpace:
     """Inputs x = offset + basis @ z for z in R^r; `basis is None` means all of R^dim."""
@@ -23,15 +34,16 @@ class QuerySpace:
     @staticmethod
     def full(dim: int) -> QuerySpace:
         """All of R^dim: the data-free setting of the paper."""
-        if not isinstance(dim, int) or dim < 1:
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+        if dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         return QuerySpace(dim)
 
     @staticmethod
     def subspace(basis: torch.Tensor, offset: torch.Tensor | None = None) -> QuerySpace:
         """The affine subspace offset + span(basis); basis is (dim, r) with independent columns."""
-        if not isinstance(basis, torch.Tensor):
-            raise TypeError(f"basis must be a torch.Tensor (dim x r), got {type(basis).__name__}")
+        basis = _real_tensor(basis, "basis", "dim x r")
         if basis.ndim != 2 or basis.shape[1] < 1:
             raise ValueError(
                 f"basis must be 2-D (dim x r) with r >= 1, got shape {tuple(basis.shape)}"
@@ -45,8 +57,7 @@ class QuerySpace:
                 "basis columns are linearly dependent; pass an independent set of directions"
             )
         if offset is not None:
-            if not isinstance(offset, torch.Tensor):
-                raise TypeError(f"offset must be a torch.Tensor, got {type(offset).__name__}")
+            offset = _real_tensor(offset, "offset", f"({basis.shape[0]},)")
             if offset.shape != (basis.shape[0],):
                 raise ValueError(
                     f"offset must have shape ({basis.shape[0]},), got {tuple(offset.shape)}"
@@ -63,15 +74,25 @@ class QuerySpace:
         The certificate then covers exactly that subspace; real inputs that stick out of it are
         not covered (measure how far they stick out with `QuerySpace.residual`).
         """
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor (n x dim), got {type(inputs).__name__}")
+        inputs = _real_tensor(inputs, "inputs", "n x dim")
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise TypeError(
+                f"rank must be an int (the subspace dimension), got {type(rank).__name__}"
+            )
+        if not isinstance(affine, bool):
+            raise TypeError(f"affine must be a bool, got {type(affine).__name__}")
         if inputs.ndim != 2 or inputs.shape[0] < 1:
             raise ValueError(
                 f"inputs must be 2-D (n x dim) and non-empty, got shape {tuple(inputs.shape)}"
             )
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs contain NaN or Inf")
-        if not isinstance(rank, int) or not 1 <= rank <= inputs.shape[1]:
+        bad = ~torch.isfinite(inputs).all(dim=1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"inputs contain NaN or Inf in {int(bad.sum())} of {inputs.shape[0]} rows (e.g. row "
+                f"{int(torch.nonzero(bad)[0])}); drop those rows (inputs[torch.isfinite(inputs)"
+                ".all(1)]) or fix what produced them: a query space from them would cover nothing"
+            )
+        if not 1 <= rank <= inputs.shape[1]:
             raise ValueError(f"rank must be an int in [1, {inputs.shape[1]}], got {rank!r}")
         x = inputs.detach().to(torch.float64)
         mean = x.mean(0) if affine else torch.zeros_like(x[0])

@@ -24,6 +24,8 @@ def _require_tensor(value: object, name: str) -> Tensor:
         )
     if value.is_complex() or value.dtype == torch.bool:
         raise TypeError(f"{name} must be a real floating or integer tensor, got {value.dtype}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (it has no values); materialise it first")
     return value
 
 
