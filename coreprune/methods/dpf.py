@@ -407,6 +407,7 @@ class _UnitMasker(_Masker):
 
         Each row's params and MACs depend only on how many units the pair keeps, which DPF's
         final mask shares with the plan; the totals are counted on the pruned model itself.
+        `seconds` is the wall time from the plan to the cut, training included.
         """
         rows = tuple(
             replace(row, keep=keep.clone(), scale=torch.ones(keep.numel(), dtype=torch.float64))
