@@ -78,14 +78,23 @@ def test_round_trip_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     spec = json.loads((tmp_path / "m" / ARCH_FILE).read_text())
     assert spec["arch"] == "net" and spec["arch_kwargs"] == {"width": 8}
-    assert spec["modules"]["conv1"]["out_channels"] == 5
-    assert spec["modules"]["conv2"]["padding_mode"] == "reflect"
-    assert spec["modules"]["bn2"]["momentum"] is None
-    assert spec["modules"]["norm"] == {
-        "type": "BatchNorm1d", "num_features": 9, "eps": 1e-5, "momentum": 0.1,
-        "affine": False, "track_running_stats": True,
-    }  # fmt: skip
+    modules = spec["modules"]
+    assert modules["conv1"]["attributes"]["out_channels"] == 5
+    assert modules["conv1"]["tensors"]["weight"]["shape"] == [5, 3, 3, 3]
+    assert modules["conv1"]["absent"] == ["bias"]
+    assert modules["norm"] == {
+        "type": "BatchNorm1d",
+        "attributes": {"num_features": 9},
+        "tensors": {
+            "running_mean": {"shape": [9], "dtype": "float32", "kind": "buffer"},
+            "running_var": {"shape": [9], "dtype": "float32", "kind": "buffer"},
+            "num_batches_tracked": {"shape": [], "dtype": "int64", "kind": "buffer"},
+        },
+        "absent": ["weight", "bias"],
+    }
+    assert "pool" not in modules  # nothing sized in it
     assert loaded.conv1.out_channels == 5 and loaded.fc2.in_features == 9
+    assert loaded.conv1.bias is None
     assert loaded.conv2.padding == (1, 1) and loaded.conv2.padding_mode == "reflect"
 
 
@@ -121,9 +130,14 @@ def test_tied_parameters_and_shared_modules_stay_shared(tmp_path: Path) -> None:
     _assert_same(model, loaded, torch.randn(3, 4))
 
 
-def test_unsupported_parametrised_module_fails_at_save(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    with pytest.raises(ValueError, match=r"'1' \(LayerNorm\)"):
+class _WithExtraState(nn.Linear):
+    def get_extra_state(self) -> object:
+        return {"note": "python object"}
+
+
+def test_extra_state_fails_at_save(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), _WithExtraState(4, 4))
+    with pytest.raises(ValueError, match=r"'1' \(_WithExtraState\) has extra state"):
         save_model(model, tmp_path / "m", arch="x")
     assert not (tmp_path / "m").exists()
 
@@ -134,6 +148,14 @@ def test_bad_save_arguments(tmp_path: Path) -> None:
         save_model(model, tmp_path / "m", arch="")
     with pytest.raises(TypeError, match="arch_kwargs"):
         save_model(model, tmp_path / "m", arch="x", arch_kwargs={"f": object()})
+    with pytest.raises(ValueError, match="arch_kwargs were given without arch"):
+        save_model(model, tmp_path / "m", arch_kwargs={"width": 2})
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        save_model("model", tmp_path / "m")  # type: ignore[arg-type]
+    with torch.device("meta"):
+        on_meta = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="meta device"):
+        save_model(on_meta, tmp_path / "m")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         save_model(model, tmp_path / "file", arch="x")
@@ -148,27 +170,70 @@ def test_mismatched_and_corrupt_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "a" / WEIGHTS_FILE).write_bytes((tmp_path / "b" / WEIGHTS_FILE).read_bytes())
     with pytest.raises(ValueError, match=r"(?s)weights\.safetensors.*does not match.*SHA-256"):
         load_model(tmp_path / "a", factory=Net)
-    # a spec edited by hand so its sizes no longer fit the weights
+    # a spec edited by hand so its size attributes no longer fit the weights
     spec_file = tmp_path / "b" / ARCH_FILE
+    good = json.loads(spec_file.read_text())
     spec = json.loads(spec_file.read_text())
-    spec["modules"]["fc2"]["out_features"] = 4
+    spec["modules"]["fc2"]["attributes"]["out_features"] = 4
     spec_file.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match=r"(?s)does not fit the architecture.*fc2"):
+    with pytest.raises(ValueError, match=r"(?s)'fc2' \(Linear\) imply weight of shape \[4, 9\]"):
+        load_model(tmp_path / "b", factory=Net)
+    # ... or its tensor shapes no longer fit the weights file
+    spec = json.loads(json.dumps(good))
+    spec["modules"]["fc2"]["tensors"]["bias"]["shape"] = [4]
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"(?s)records 'fc2.bias' as float32\[4\].*F32\[5\]"):
         load_model(tmp_path / "b", factory=Net)
     # a base model without the recorded module
-    spec["modules"]["ghost"] = spec["modules"]["fc2"]
+    spec = json.loads(json.dumps(good))
+    spec["modules"]["ghost"] = {"type": "Linear", "attributes": {}, "tensors": {}, "absent": []}
     spec_file.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match="'ghost'"):
+    with pytest.raises(ValueError, match="'ghost', which the base model does not have"):
+        load_model(tmp_path / "b", factory=Net)
+    # a size attribute the loader never sets from a file
+    spec = json.loads(json.dumps(good))
+    spec["modules"]["fc2"]["attributes"]["__class__"] = 3
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="not a size attribute"):
         load_model(tmp_path / "b", factory=Net)
     spec_file.write_text("{not json")
     with pytest.raises(ValueError, match=r"architecture\.json.*not valid JSON"):
+        load_model(tmp_path / "b", factory=Net)
+    spec = json.loads(json.dumps(good))
+    spec["version"] = 1
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="version 1.*save the model again"):
         load_model(tmp_path / "b", factory=Net)
     spec["format"] = "other"
     spec_file.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="not a coreprune model spec"):
         load_model(tmp_path / "b", factory=Net)
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="architecture.json.*not found.*save_model"):
         load_model(tmp_path / "missing", factory=Net)
+    (tmp_path / "b" / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="weights.safetensors.*not found"):
+        load_model(tmp_path / "b", factory=Net)
+
+
+def test_factory_errors_name_the_fix(tmp_path: Path) -> None:
+    save_model(_pruned(), tmp_path / "m", arch="net")
+    with pytest.raises(ValueError, match=r"architecture 'net'.*not a coreprune model.*factory="):
+        load_model(tmp_path / "m")
+    save_model(_pruned(), tmp_path / "anon")
+    with pytest.raises(ValueError, match=r"saved without arch=.*pass factory="):
+        load_model(tmp_path / "anon")
+    with pytest.raises(TypeError, match="factory must be a zero-argument callable"):
+        load_model(tmp_path / "m", factory=Net())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"factory\(\) must return an nn.Module, got dict"):
+        load_model(tmp_path / "m", factory=lambda: {})  # type: ignore[arg-type,return-value]
+    with pytest.raises(ValueError, match=r"records 'fc1' as Linear.*has a Conv2d"):
+        load_model(tmp_path / "m", factory=_conv_fc1_net)
+
+
+def _conv_fc1_net() -> Net:
+    model = Net()
+    model.fc1 = nn.Conv2d(6, 16, 1)  # type: ignore[assignment]
+    return model
 
 
 def test_corrupt_weights_are_named(tmp_path: Path) -> None:
