@@ -69,13 +69,17 @@ def check_float(
 ) -> float:
     """Return ``value`` as a ``float`` if it is a real number in the given interval.
 
-    ``int`` and ``float`` are accepted (an int converts losslessly for any sane size); ``bool``,
-    strings, tensors and numpy scalars are refused with a TypeError. NaN is always refused;
+    ``int`` and ``float`` (and their subclasses, such as ``numpy.float64``) are accepted; ``bool``,
+    strings, tensors and other numpy scalars (``numpy.int64``, ``numpy.float32``) are refused
+    with a TypeError: convert those explicitly with ``float(x)`` or ``x.item()``. NaN is always refused;
     infinities are refused when ``finite`` is true. ``low``/``high`` bound the value, closed
     unless ``low_open``/``high_open`` make the bound strict.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number (float or int), got {_type_name(value)}")
+        raise TypeError(
+            f"{name} must be a real number (a Python float or int), got {_type_name(value)} "
+            f"{value!r}"
+        )
     number = float(value)
     if math.isnan(number):
         raise ValueError(f"{name} must be a number, got NaN")

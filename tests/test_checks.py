@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -41,6 +42,11 @@ def test_check_int_refuses_non_ints(bad: object) -> None:
 def test_check_float_accepts_int_and_float() -> None:
     value = check_float(2, "x")
     assert value == 2.0 and type(value) is float
+    wide = check_float(np.float64(0.25), "x")  # a float subclass
+    assert wide == 0.25 and type(wide) is float
+    for other in (np.float32(0.25), np.int64(1)):
+        with pytest.raises(TypeError, match="x must be a real number"):
+            check_float(other, "x")
     assert check_float(0.5, "x", low=0.5, high=0.5) == 0.5
 
 
