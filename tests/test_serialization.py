@@ -150,7 +150,7 @@ def test_bad_save_arguments(tmp_path: Path) -> None:
         save_model(model, tmp_path / "m", arch="x", arch_kwargs={"f": object()})
     with pytest.raises(ValueError, match="arch_kwargs were given without arch"):
         save_model(model, tmp_path / "m", arch_kwargs={"width": 2})
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
         save_model("model", tmp_path / "m")  # type: ignore[arg-type]
     with torch.device("meta"):
         on_meta = nn.Linear(2, 2)
@@ -202,16 +202,16 @@ def test_mismatched_and_corrupt_files_are_named(tmp_path: Path) -> None:
     spec = json.loads(json.dumps(good))
     spec["version"] = 1
     spec_file.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match="version 1.*save the model again"):
+    with pytest.raises(ValueError, match=r"version 1.*save the model again"):
         load_model(tmp_path / "b", factory=Net)
     spec["format"] = "other"
     spec_file.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="not a coreprune model spec"):
         load_model(tmp_path / "b", factory=Net)
-    with pytest.raises(FileNotFoundError, match="architecture.json.*not found.*save_model"):
+    with pytest.raises(FileNotFoundError, match=r"architecture\.json.*not found.*save_model"):
         load_model(tmp_path / "missing", factory=Net)
     (tmp_path / "b" / WEIGHTS_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match="weights.safetensors.*not found"):
+    with pytest.raises(FileNotFoundError, match=r"weights\.safetensors.*not found"):
         load_model(tmp_path / "b", factory=Net)
 
 
