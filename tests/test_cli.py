@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 import coreprune
 from coreprune.harness import cli
@@ -49,10 +50,21 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 # End to end
 
 
-def test_train_then_compress_with_fine_tuning(tmp_path: Path) -> None:
+def test_train_then_compress_with_fine_tuning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "train"
-    assert main(["train", "--model", "lenet300100", "--epochs", "1", "--out", str(run), *TINY]) == 0
+    train = ["train", "--model", "lenet300100", "--epochs", "1", "--out", str(run), *TINY]
+    assert main(train) == 0
     metrics = json.loads((run / "metrics.json").read_text())
+    config = (run / "config.json").read_text()
+    # an earlier run is neither overwritten nor resumed with other settings
+    assert "holds an earlier run" in _usage_error(train, capsys)
+    err = _usage_error([*train, "--resume", "--lr", "0.1"], capsys)
+    assert "lr: 0.05 in the folder, 0.1 asked" in err
+    assert (run / "config.json").read_text() == config
+    assert main([*train, "--resume"]) == 0  # the same settings: continues (here: already done)
+    assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
     assert 0 <= metrics["test"]["accuracy"] <= 1 and (run / "model").is_dir()
     assert json.loads((run / "config.json").read_text())["model"] == "lenet300100"
     one_image = torch.zeros(1, 1, 28, 28)
@@ -234,9 +246,11 @@ def test_compress_a_factory_model_with_weights(
     pruned = load_model(out / "model", factory=cli_factory_model.small_convnet)
     # magnitude pruning from the given weights: the first conv keeps 4 of the 8 filters with
     # the largest L1 norm, copied unchanged
-    norms = source[0].weight.abs().sum(dim=(1, 2, 3))
-    kept = torch.sort(torch.topk(norms, pruned[0].out_channels).indices).values
-    torch.testing.assert_close(pruned[0].weight, source[0].weight[kept])
+    dense_conv, pruned_conv = source.get_submodule("0"), pruned.get_submodule("0")
+    assert isinstance(dense_conv, nn.Conv2d) and isinstance(pruned_conv, nn.Conv2d)
+    norms = dense_conv.weight.abs().sum(dim=(1, 2, 3))
+    kept = torch.sort(torch.topk(norms, pruned_conv.out_channels).indices).values
+    torch.testing.assert_close(pruned_conv.weight, dense_conv.weight[kept])
 
 
 def test_compress_refuses_weights_of_another_shape(
@@ -279,6 +293,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
     (["train", "--image-size", "20"], "smaller than fashion_mnist's 28 px"),
     (["train", "--resume"], "--resume: no checkpoint"),
+    (["train", "--resume", "--overwrite"], "pick one"),
     (["train", "--dataset", "cifar10"], "needs root="),
     (["train", "--dataset", "cifar10", "--data-root", "/no/such/folder"], "does not exist"),
     (["train", "--device", "tpu"], "--device tpu is not available here; available: auto, cpu"),

@@ -33,14 +33,16 @@ def test_recalibration_re_estimates_running_stats_on_a_copy() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(64, 3) * 3 + 1
     loader = [(x[:32], None), (x[32:], None)]
-    fresh = recalibrated_copy(model, loader, torch.device("cpu"))  # type: ignore[arg-type]
+    fresh = recalibrated_copy(model, loader, torch.device("cpu"))
+    norm = fresh.get_submodule("1")
+    assert isinstance(norm, nn.BatchNorm1d)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         h = model[0](x)
     # momentum=None: the cumulative average of the two batch means / unbiased variances
-    torch.testing.assert_close(fresh[1].running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.running_mean, h.mean(0), rtol=1e-5, atol=1e-6)
     halves = [h[:32].var(0, unbiased=True), h[32:].var(0, unbiased=True)]
-    torch.testing.assert_close(fresh[1].running_var, (halves[0] + halves[1]) / 2)
+    torch.testing.assert_close(norm.running_var, (halves[0] + halves[1]) / 2)
     assert not fresh.training
 
 

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -174,8 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=_POSITIVE_INT, default=3, help="training epochs")
     train.add_argument("--lr", type=_positive, default=0.05, help="peak SGD learning rate")
     train.add_argument("--seed", type=_COUNT, default=0, help="initialisation and shuffling seed")
-    train.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from --out/checkpoint.pt (the same settings only)")  # fmt: skip
     train.add_argument("--out", default="runs/train", help="run folder")
+    _overwrite_argument(train)
     train.set_defaults(prepare=_prepare_train)
 
     comp = command(
@@ -216,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--finetune-lr", type=_positive, default=0.01, help="fine-tuning rate")
     comp.add_argument("--seed", type=_COUNT, default=0, help="seed of sampling and fine-tuning")
     comp.add_argument("--out", default="runs/compress", help="run folder")
+    _overwrite_argument(comp)
     comp.set_defaults(prepare=_prepare_compress)
 
     cmp = command("compare", "coreset vs baselines at matched params and MACs")
@@ -232,6 +236,11 @@ def _parser() -> argparse.ArgumentParser:
                        "busy 2-core CPU (benchmarks/results/threads.md); try 2 or more on an "
                        "idle machine")  # fmt: skip
     return parser
+
+
+def _overwrite_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (otherwise it is refused)")  # fmt: skip
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
@@ -317,8 +326,11 @@ def compare_config(a: argparse.Namespace) -> CompareConfig:
 
 def _prepare_train(a: argparse.Namespace) -> Callable[[], int]:
     out = Path(a.out)
+    if a.resume and a.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: pick one")
     if a.resume and not (out / "checkpoint.pt").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {out / 'checkpoint.pt'}")
+    _check_run_folder(out, a, resume=a.resume)
     model, kwargs = build_for_dataset(a.model, a.dataset, a.image_size)
     loaders = _loaders(a, default_image_size(a.model, a.dataset))
     device = _device(a.device)
@@ -354,6 +366,7 @@ class _Source:
 def _prepare_compress(a: argparse.Namespace) -> Callable[[], int]:
     if a.weights is not None and a.model_factory is None:
         raise ValueError("--weights goes with --model-factory (a --model-dir holds its weights)")
+    _check_run_folder(Path(a.out), a, resume=False)
     source = _factory_model(a.model_factory, a.weights) if a.model_factory else _saved_model(a)
     size = a.image_size
     if size is None and a.model_dir is not None:
@@ -534,9 +547,45 @@ def _prepare_report(a: argparse.Namespace) -> Callable[[], int]:
 # Helpers
 
 
+# Files `train` and `compress` write into their run folder (all that --overwrite deletes).
+_RUN_FILES = ("config.json", "metrics.json", "checkpoint.pt", "report.md", "model")
+# Recorded options that do not shape a run's results.
+_NOT_SETTINGS = ("machine", "started", "resume", "overwrite", "threads", "device", "out",
+                 "data_root")  # fmt: skip
+
+
+def _settings(a: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(a).items() if k not in ("prepare", "parser")}
+
+
+def _check_run_folder(out: Path, a: argparse.Namespace, *, resume: bool) -> None:
+    """Refuse to write over an earlier run, unless --overwrite; --resume needs its settings."""
+    recorded_file = out / "config.json"
+    if a.overwrite or not recorded_file.exists():
+        return
+    if not resume:
+        raise ValueError(f"{out} holds an earlier run; use a new --out folder, or --overwrite "
+                         "to replace it")  # fmt: skip
+    recorded = json.loads(recorded_file.read_text())
+    asked = json.loads(json.dumps(_settings(a), default=str))
+    differences = [f"{k}: {json.dumps(recorded.get(k))} in the folder, {json.dumps(v)} asked"
+                   for k, v in asked.items()
+                   if k not in _NOT_SETTINGS and recorded.get(k) != v]  # fmt: skip
+    if differences:
+        raise ValueError(f"--resume: {out} was run with other settings ({'; '.join(differences)}); "
+                         "resume with the same ones, or use a new --out folder")  # fmt: skip
+
+
 def _run_dir(out: Path, a: argparse.Namespace, device: torch.device) -> Path:
+    if a.overwrite:
+        for name in _RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in vars(a).items() if k not in ("prepare", "parser")}
+    config = _settings(a)
     config.update(machine=describe_device(device), started=time.strftime("%Y-%m-%d %H:%M:%S"))
     _write_json(out / "config.json", config)
     return out
