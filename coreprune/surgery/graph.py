@@ -1,12 +1,17 @@
 """Find the layer pairs a whole-model pass may prune, by reading the model's torch.fx graph.
 
-A pair is a producer (nn.Linear / nn.Conv2d) whose output units are removed and the single
-nn.Linear / nn.Conv2d that reads them. Removing a unit is only safe when nothing but that
+A pair is a producer (any layer type of `coreprune.surgery.registry`: nn.Linear, nn.Conv2d, an
+HF-style Conv1D) whose output units are removed and the single such layer that reads them. Removing a unit is only safe when nothing but that
 consumer sees the unit, and only through channel-wise ops (a folded batch norm, one activation,
 dropout, pooling, a batch-preserving flatten). Everything else (a residual add, a concat, a second
 user, a shared module) ties the channels to another path, so the layer is reported as blocked,
-with the reason, instead of being pruned. When fx cannot trace a model, pairs can be given by hand
-and checked with `validate_pairs`.
+with the reason, instead of being pruned. So is a pair whose activation the certificate does not
+cover (|phi(t)| > |t| for some t): every pair returned is certifiable. When fx cannot trace a
+model, pairs can be given by hand (`PrunablePair.simple`) and checked with `validate_pairs`.
+
+A transformer feed-forward block (LayerNorm -> Linear -> GELU -> dropout -> Linear -> residual
+add) is an ordinary pair: its hidden units feed only the second Linear, while the second Linear's
+outputs (on the residual stream) and the attention projections are blocked with their reason.
 """
 
 from __future__ import annotations
@@ -15,12 +20,23 @@ import builtins
 import operator
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from coreprune.surgery.activations import (
+    Activation,
+    activation_of,
+    function_activation,
+    is_activation_function,
+    is_activation_method,
+    looks_like_activation,
+    module_activation,
+)
+from coreprune.surgery.registry import layer_kind
 
 __all__ = [
     "BlockedLayer",
@@ -38,15 +54,39 @@ class PrunablePair:
     """A producer whose output units may be removed, and the one layer that reads them.
 
     `between` lists the fx node names of the ops between the two (the norm included), in order.
+    `activation` is an `Activation` in every pair `find_prunable_pairs` or `validate_pairs`
+    returns; a hand-made pair may give a name ('relu', 'gelu_tanh', 'leaky_relu:0.2'), which
+    `validate_pairs` converts.
     """
 
     producer: str
     consumer: str
     norm: str | None
-    activation: str
+    activation: Activation | str
     flatten: bool
     between: tuple[str, ...]
     pooling: tuple[str, ...]
+
+    @classmethod
+    def simple(
+        cls,
+        producer: str,
+        consumer: str,
+        activation: Activation | str = "relu",
+        *,
+        norm: str | None = None,
+        flatten: bool = False,
+        pooling: tuple[str, ...] = (),
+    ) -> PrunablePair:
+        """A hand-made pair from module names and the activation between them (a name or an
+        `Activation`); check it against the model with `validate_pairs`."""
+        if not isinstance(activation, (Activation, str)):
+            raise TypeError(
+                f"activation must be a name such as 'relu' or an Activation, got "
+                f"{type(activation).__name__}"
+            )
+        act = activation_of(activation)
+        return cls(producer, consumer, norm, act, flatten, (), tuple(pooling))
 
 
 @dataclass(frozen=True)
@@ -64,10 +104,6 @@ class FxTraceError(TypeError):
 # --------------------------------------------------------------------------------------------
 # What counts as a channel-wise op. Functions are matched by identity, methods by name.
 
-_ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Hardtanh, nn.GELU, nn.SiLU,
-    nn.Sigmoid, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.SELU, nn.CELU, nn.Softplus,
-)  # fmt: skip
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _POOL_MODULES: dict[type[nn.Module], str] = {
     nn.MaxPool2d: "max",
@@ -75,18 +111,6 @@ _POOL_MODULES: dict[type[nn.Module], str] = {
     nn.AdaptiveAvgPool2d: "adaptive_avg",
     nn.AdaptiveMaxPool2d: "adaptive_max",
 }
-_ACTIVATION_FUNCTIONS: dict[Callable[..., Any], str] = {
-    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu",
-    F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.leaky_relu_: "leaky_relu",
-    F.elu: "elu", F.elu_: "elu", torch.tanh: "tanh", F.tanh: "tanh", torch.tanh_: "tanh",
-    torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.gelu: "gelu", F.silu: "silu",
-    F.hardtanh: "hardtanh", F.hardtanh_: "hardtanh", F.mish: "mish", F.hardswish: "hardswish",
-    F.selu: "selu", F.softplus: "softplus",
-}  # fmt: skip
-_ACTIVATION_METHODS = {
-    "relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh",
-    "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
-}  # fmt: skip
 _DROPOUT_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout)
 _POOL_FUNCTIONS: dict[Callable[..., Any], str] = {
     F.max_pool2d: "max", torch.max_pool2d: "max", F.avg_pool2d: "avg",
@@ -109,7 +133,8 @@ _SPATIAL_DIMS = ({2, 3}, {-2, -1})
 
 
 def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[BlockedLayer]]:
-    """Every prunable (producer, consumer) pair of `model`, and every other Linear/Conv2d with why.
+    """Every prunable (producer, consumer) pair of `model`, and every other prunable-type layer
+    (Linear, Conv2d, Conv1D) with why it is not a producer.
 
     The model is traced with `torch.fx.symbolic_trace` and only read. Raises `FxTraceError` (a
     `TypeError`) when fx cannot trace it; then build the pairs by hand and check them with
@@ -128,7 +153,7 @@ def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[Bloc
     for node in graph.nodes:
         if node.op != "call_module" or node.target in seen:
             continue
-        if not isinstance(modules[node.target], (nn.Linear, nn.Conv2d)):
+        if layer_kind(modules[node.target]) is None:
             continue
         seen.add(str(node.target))
         outcome = walker.follow(node)
@@ -137,7 +162,7 @@ def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[Bloc
         else:
             blocked.append(BlockedLayer(str(node.target), outcome))
     for name, module in modules.items():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and name not in seen:
+        if layer_kind(module) is not None and name not in seen:
             blocked.append(
                 BlockedLayer(
                     name,
@@ -151,8 +176,9 @@ def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[Bloc
 def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[PrunablePair]:
     """Check hand-given pairs against the model's modules; return them as a list.
 
-    Checks names, module types, groups, channel counts, the norm and the flatten/pooling
-    layout. It cannot check that the forward really connects them: that is the caller's claim.
+    Checks names, module types, groups, channel counts, the norm, the flatten/pooling layout
+    and the activation (a name becomes an `Activation`; one the certificate does not cover is
+    refused). It cannot check that the forward really connects them: that is the caller's claim.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -166,6 +192,7 @@ def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[Prun
         where = f"pairs[{i}]"
         if not isinstance(pair, PrunablePair):
             raise TypeError(f"{where} must be a PrunablePair, got {type(pair).__name__}")
+        pair = replace(pair, activation=_validate_activation(pair.activation, where))
         _validate_one(pair, modules, where)
         if pair.producer in producers:
             raise ValueError(f"{where}: producer {pair.producer!r} appears in more than one pair")
@@ -181,9 +208,20 @@ def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[Prun
 # Tracing
 
 
+class _Tracer(fx.Tracer):
+    """The default tracer, but a module that looks like an activation (HF's GELUActivation, a
+    subclass of nn.ReLU, ...) stays one call, so the walk can ask what it computes."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if super().is_leaf_module(m, module_qualified_name):
+            return True
+        stateless = not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
+        return stateless and looks_like_activation(m)
+
+
 def _trace(model: nn.Module) -> fx.Graph:
     try:
-        return fx.symbolic_trace(model).graph
+        return _Tracer().trace(model)
     except Exception as err:  # fx raises many types; all mean the same thing here
         raise FxTraceError(
             f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). "
@@ -217,7 +255,7 @@ class _Path:
     producer: fx.Node
     is_conv: bool
     norm: str | None = None
-    activation: str | None = None
+    activation: Activation | None = None
     flatten: bool = False
     between: list[str] = field(default_factory=list)
     pooling: list[str] = field(default_factory=list)
@@ -240,6 +278,10 @@ class _Walker:
             return reason
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             return _grouped_reason(name, layer, "it")
+        kind = layer_kind(layer)
+        problem = None if kind is None else kind.unsupported(layer)
+        if problem is not None:
+            return f"it ({name!r}) is {problem}"
         path = _Path(node, isinstance(layer, nn.Conv2d))
         cur = node
         while True:
@@ -289,15 +331,19 @@ class _Walker:
     def _module_step(self, user: fx.Node, path: _Path) -> PrunablePair | str | None:
         name = str(user.target)
         module = self.modules[name]
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if layer_kind(module) is not None:
             return self._finish(user, path)
         if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             return self._norm_step(user, name, module, path)
-        if isinstance(module, _ACTIVATION_MODULES):
-            return _set_activation(path, user, _module_activation(module))
         if isinstance(module, (*_DROPOUT_MODULES, nn.Identity)):
             path.between.append(user.name)
             return None
+        try:
+            act = module_activation(module, f"activation {name!r}")
+        except ValueError as err:
+            return f"activation not certifiable: {err}"
+        if act is not None:
+            return _set_activation(path, user, act)
         kind = _POOL_MODULES.get(type(module))
         if kind is not None:
             if getattr(module, "return_indices", False):
@@ -337,15 +383,18 @@ class _Walker:
 
     def _function_step(self, user: fx.Node, path: _Path) -> str | None:
         target = user.target
-        if target in _ACTIVATION_FUNCTIONS:
-            return _set_activation(path, user, _function_activation(user))
+        if is_activation_function(target):
+            act = _function_activation(user)
+            if isinstance(act, str):
+                return act
+            return _set_activation(path, user, act)
         if target in _DROPOUT_FUNCTIONS:
             path.between.append(user.name)
             return None
         if target in _POOL_FUNCTIONS:
             if _arg(user, 5, "return_indices", False):
                 return f"pooling {user.name!r} returns indices (a tuple), not channel-wise data"
-            return _add_pooling(path, user, _POOL_FUNCTIONS[target])  # type: ignore[index]
+            return _add_pooling(path, user, _POOL_FUNCTIONS[target])
         if target in _FLATTEN_FUNCTIONS:
             return _flatten_call(path, user)
         if target is _MEAN[0]:
@@ -354,8 +403,8 @@ class _Walker:
 
     def _method_step(self, user: fx.Node, path: _Path) -> str | None:
         target = str(user.target)
-        if target in _ACTIVATION_METHODS:
-            return _set_activation(path, user, _ACTIVATION_METHODS[target])
+        if is_activation_method(target):
+            return _set_activation(path, user, function_activation(target, method=True))
         if target in _PASS_METHODS:
             path.between.append(user.name)
             return None
@@ -375,6 +424,10 @@ class _Walker:
             return reason
         if isinstance(consumer, nn.Conv2d) and consumer.groups != 1:
             return _grouped_reason(consumer_name, consumer, "its consumer")
+        kind = layer_kind(consumer)
+        problem = None if kind is None else kind.unsupported(consumer)
+        if problem is not None:
+            return f"its consumer ({consumer_name!r}) is {problem}"
         layout = _layout_problem(producer, consumer, path.flatten, consumer_name)
         if layout is not None:
             return layout
@@ -382,7 +435,7 @@ class _Walker:
             producer=producer_name,
             consumer=consumer_name,
             norm=path.norm,
-            activation=path.activation or "identity",
+            activation=path.activation or Activation("identity"),
             flatten=path.flatten,
             between=tuple(path.between),
             pooling=tuple(path.pooling),
@@ -455,17 +508,20 @@ def _arg(node: fx.Node, index: int, key: str, default: Any) -> Any:
     return node.kwargs.get(key, default)
 
 
-def _set_activation(path: _Path, user: fx.Node, name: str) -> str | None:
+def _set_activation(path: _Path, user: fx.Node, act: Activation) -> str | None:
     if path.activation is not None:
         return (
-            f"two activations ({path.activation!r}, then {name!r} at {user.name!r}) between the "
+            f"two activations ({path.activation}, then {act} at {user.name!r}) between the "
             "producer and the next layer; only one is supported"
         )
-    if name.startswith("unsupported:"):
-        return f"activation {user.name!r} has a parameter that is not a constant ({name[12:]})"
+    if not act.covered:
+        return (
+            f"activation not certifiable: activation {act} ({user.name!r}) is not covered: "
+            f"{act.reason}"
+        )
     if path.flatten:
         return f"activation {user.name!r} comes after the flatten; put it before"
-    path.activation = name
+    path.activation = act
     path.between.append(user.name)
     return None
 
@@ -519,7 +575,7 @@ def _is_batch_size(arg: Any) -> bool:
     if not isinstance(arg, fx.Node):
         return False
     if arg.op == "call_method" and arg.target == "size":
-        return (len(arg.args) == 2 and arg.args[1] == 0) or arg.kwargs.get("dim") == 0
+        return bool((len(arg.args) == 2 and arg.args[1] == 0) or arg.kwargs.get("dim") == 0)
     if arg.op == "call_function" and arg.target is operator.getitem and arg.args[1] == 0:
         source = arg.args[0]
         if not isinstance(source, fx.Node):
@@ -548,72 +604,58 @@ def _mean_step(path: _Path, user: fx.Node) -> str | None:
     return None
 
 
-def _module_activation(module: nn.Module) -> str:
-    """Canonical activation name: 'relu', 'leaky_relu:<slope>', 'elu:<alpha>', 'gelu', ..."""
-    if isinstance(module, nn.LeakyReLU):
-        return f"leaky_relu:{float(module.negative_slope)!r}"
-    if isinstance(module, nn.ELU):
-        return f"elu:{float(module.alpha)!r}"
-    if isinstance(module, nn.CELU):
-        return f"celu:{float(module.alpha)!r}"
-    if isinstance(module, nn.ReLU6):
-        return "relu6"
-    if isinstance(module, nn.Hardtanh):
-        return _hardtanh_name(module.min_val, module.max_val)
-    if isinstance(module, nn.GELU):
-        return "gelu" if module.approximate == "none" else f"gelu_{module.approximate}"
-    if isinstance(module, nn.Softplus):
-        return _softplus_name(module.beta, module.threshold)
-    names = {
-        nn.ReLU: "relu", nn.Tanh: "tanh", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Mish: "mish",
-        nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.SELU: "selu",
-    }  # fmt: skip
-    for cls, name in names.items():
-        if isinstance(module, cls):
-            return name
-    return type(module).__name__.lower()
+def _function_activation(user: fx.Node) -> Activation | str:
+    """The activation an fx call computes, or why it cannot be read (a non-constant parameter)."""
+    args, kwargs = user.args[1:], dict(user.kwargs)
+    found: list[fx.Node] = []
+
+    def collect(node: fx.Node) -> fx.Node:
+        found.append(node)
+        return node
+
+    fx.node.map_arg([*args, *kwargs.values()], collect)
+    label = getattr(user.target, "__name__", str(user.target))
+    if found:
+        return (
+            f"activation {user.name!r} ({label}) has a parameter that is not a constant "
+            f"({', '.join(n.name for n in found)})"
+        )
+    try:
+        return function_activation(user.target, tuple(args), kwargs)
+    except (TypeError, ValueError) as err:
+        return f"activation {user.name!r} ({label}) cannot be read: {err}"
 
 
-def _function_activation(user: fx.Node) -> str:
-    kind = _ACTIVATION_FUNCTIONS[user.target]  # type: ignore[index]
-    params: list[Any]
-    if kind == "leaky_relu":
-        params = [_arg(user, 1, "negative_slope", 0.01)]
-    elif kind == "elu":
-        params = [_arg(user, 1, "alpha", 1.0)]
-    elif kind == "hardtanh":
-        params = [_arg(user, 1, "min_val", -1.0), _arg(user, 2, "max_val", 1.0)]
-    elif kind == "softplus":
-        params = [_arg(user, 1, "beta", 1.0), _arg(user, 2, "threshold", 20.0)]
-    elif kind == "gelu":
-        params = [_arg(user, 1, "approximate", "none")]
-    else:
-        return kind
-    if any(isinstance(p, fx.Node) for p in params):
-        return f"unsupported:{kind}"
-    if kind == "hardtanh":
-        return _hardtanh_name(*params)
-    if kind == "softplus":
-        return _softplus_name(*params)
-    if kind == "gelu":
-        return "gelu" if params[0] == "none" else f"gelu_{params[0]}"
-    return f"{kind}:{float(params[0])!r}"
-
-
-def _hardtanh_name(low: float, high: float) -> str:
-    if (float(low), float(high)) == (-1.0, 1.0):
-        return "hardtanh"
-    return f"hardtanh:{float(low)!r}:{float(high)!r}"
-
-
-def _softplus_name(beta: float, threshold: float) -> str:
-    if (float(beta), float(threshold)) == (1.0, 20.0):
-        return "softplus"
-    return f"softplus:{float(beta)!r}:{float(threshold)!r}"
+def _validate_activation(activation: object, where: str) -> Activation:
+    if not isinstance(activation, (Activation, str)):
+        raise TypeError(
+            f"{where}.activation must be a name like 'relu' or an Activation, got "
+            f"{type(activation).__name__}"
+        )
+    act = activation_of(activation, f"{where}.activation")
+    if not act.covered:
+        raise ValueError(
+            f"{where}.activation {act} is not covered: {act.reason}; the certificate needs "
+            "|phi(t)| <= |t| for all t, so this pair cannot be pruned"
+        )
+    return act
 
 
 def _out_width(layer: nn.Module) -> int:
-    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+    kind = layer_kind(layer)
+    assert kind is not None
+    return kind.out_units(layer)
+
+
+def _in_width(layer: nn.Module) -> int:
+    kind = layer_kind(layer)
+    assert kind is not None
+    return kind.in_units(layer)
+
+
+def _is_dense(layer: nn.Module) -> bool:
+    """Units on the last dimension (Linear, Conv1D), not on dimension 1 (Conv2d)."""
+    return not isinstance(layer, nn.Conv2d)
 
 
 def _grouped_reason(name: str, conv: nn.Conv2d, who: str) -> str:
@@ -626,11 +668,11 @@ def _layout_problem(
 ) -> str | None:
     """Why `consumer` cannot read `producer`'s units one channel (or one flatten block) each."""
     width = _out_width(producer)
-    if isinstance(producer, nn.Linear):
+    if _is_dense(producer):
         if isinstance(consumer, nn.Conv2d):
             return f"a Linear producer feeds the conv {consumer_name!r}: units are not its channels"
-        if consumer.in_features != width:
-            return f"consumer {consumer_name!r} reads {consumer.in_features} features, not {width}"
+        if _in_width(consumer) != width:
+            return f"consumer {consumer_name!r} reads {_in_width(consumer)} features, not {width}"
         return None
     if isinstance(consumer, nn.Conv2d):
         if flatten:
@@ -643,9 +685,9 @@ def _layout_problem(
             f"the Linear {consumer_name!r} reads the conv output without a flatten, so it mixes "
             "the last spatial dimension, not channels"
         )
-    if consumer.in_features % width != 0:
+    if _in_width(consumer) % width != 0:
         return (
-            f"consumer {consumer_name!r} reads {consumer.in_features} features, not a multiple "
+            f"consumer {consumer_name!r} reads {_in_width(consumer)} features, not a multiple "
             f"of the producer's {width} channels"
         )
     return None
@@ -660,27 +702,29 @@ def _validate_one(pair: PrunablePair, modules: Mapping[str, nn.Module], where: s
                 "model.named_modules()"
             )
         layer = modules[name]
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        kind = layer_kind(layer)
+        if kind is None:
             raise TypeError(
-                f"{where}.{role} {name!r} must be nn.Linear or nn.Conv2d, "
+                f"{where}.{role} {name!r} must be nn.Linear, nn.Conv2d or Conv1D, "
                 f"got {type(layer).__name__}"
             )
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             raise ValueError(f"{where}: {_grouped_reason(name, layer, role)}")
+        problem = kind.unsupported(layer)
+        if problem is not None:
+            raise ValueError(f"{where}: {role} {name!r} is {problem}")
     if pair.producer == pair.consumer:
         raise ValueError(f"{where}: producer and consumer are the same module {pair.producer!r}")
     producer, consumer = modules[pair.producer], modules[pair.consumer]
     if not isinstance(pair.flatten, bool):
         raise TypeError(f"{where}.flatten must be a bool, got {type(pair.flatten).__name__}")
-    if not isinstance(pair.activation, str) or not pair.activation:
-        raise TypeError(f"{where}.activation must be a name like 'relu', got {pair.activation!r}")
     if not isinstance(pair.between, tuple) or not all(isinstance(b, str) for b in pair.between):
         raise TypeError(f"{where}.between must be a tuple of str (fx node names, may be empty)")
     if not isinstance(pair.pooling, tuple) or any(p not in POOLING_KINDS for p in pair.pooling):
         raise ValueError(f"{where}.pooling must be a tuple from {POOLING_KINDS}: {pair.pooling!r}")
-    if pair.flatten and isinstance(producer, nn.Linear):
+    if pair.flatten and _is_dense(producer):
         raise ValueError(f"{where}: flatten=True needs a Conv2d producer, not {pair.producer!r}")
-    if pair.pooling and isinstance(producer, nn.Linear):
+    if pair.pooling and _is_dense(producer):
         raise ValueError(f"{where}: pooling after the Linear {pair.producer!r} mixes its units")
     if pair.norm is not None:
         _validate_norm(pair, modules, where)

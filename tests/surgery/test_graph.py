@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coreprune.surgery.activations import Activation
 from coreprune.surgery.graph import (
     BlockedLayer,
     FxTraceError,
@@ -105,8 +107,8 @@ def test_functional_mlp_pairs_and_activations() -> None:
     pairs, blocked = find_prunable_pairs(model)
     _check_cover(model, pairs, blocked)
     assert [(p.producer, p.consumer, p.activation) for p in pairs] == [
-        ("fc1", "fc2", "relu"),
-        ("fc2", "fc3", "leaky_relu:0.2"),
+        ("fc1", "fc2", Activation("relu")),
+        ("fc2", "fc3", Activation("leaky_relu", slope=0.2)),
     ]
     assert pairs[0].between == ("relu", "drop")
     assert all(p.norm is None and not p.flatten and p.pooling == () for p in pairs)
@@ -121,11 +123,17 @@ def test_conv_bn_pool_view_flatten() -> None:
     _check_cover(model, pairs, blocked)
     first, second, third = pairs
     assert (first.producer, first.consumer, first.norm) == ("conv1", "conv2", "bn1")
-    assert first.pooling == ("max",) and not first.flatten and first.activation == "relu"
+    assert (
+        first.pooling == ("max",) and not first.flatten and first.activation == Activation("relu")
+    )
     assert first.between[0] == "bn1"
     assert (second.producer, second.consumer, second.flatten) == ("conv2", "fc1", True)
     assert second.pooling == () and "view" in second.between
-    assert (third.producer, third.consumer, third.activation) == ("fc1", "fc2", "identity")
+    assert (third.producer, third.consumer, third.activation) == (
+        "fc1",
+        "fc2",
+        Activation("identity"),
+    )
     assert validate_pairs(model, pairs) == pairs
 
 
@@ -262,7 +270,7 @@ def test_norm_rules() -> None:
     _, blocked = find_prunable_pairs(NormAfterAct(track=False, after=False))
     assert "running statistics" in _reason(blocked, "fc1")
     pairs, _ = find_prunable_pairs(NormAfterAct(after=False))
-    assert pairs[0].norm == "bn" and pairs[0].activation == "relu"
+    assert pairs[0].norm == "bn" and pairs[0].activation == Activation("relu")
 
 
 def test_conv_into_linear_without_flatten_and_linear_flatten_are_blocked() -> None:
@@ -289,14 +297,103 @@ def test_conv_into_linear_without_flatten_and_linear_flatten_are_blocked() -> No
     assert "flatten" in _reason(blocked, "fc1")
 
 
-def test_activation_module_names() -> None:
-    acts = [nn.ReLU(inplace=True), nn.LeakyReLU(0.3), nn.GELU(), nn.Tanh(), nn.Identity(),
-            nn.Sigmoid(), nn.ELU(0.5), nn.Hardtanh()]  # fmt: skip
+def test_activation_modules_become_activations() -> None:
+    acts = [nn.ReLU(inplace=True), nn.LeakyReLU(0.3), nn.GELU(), nn.GELU(approximate="tanh"),
+            nn.Tanh(), nn.Identity(), nn.ELU(0.5), nn.Hardtanh(-2.0, 3.0), nn.Mish()]  # fmt: skip
     model = nn.Sequential(*[m for a in acts for m in (nn.Linear(4, 4), a)], nn.Linear(4, 1))
-    pairs, _ = find_prunable_pairs(model)
-    assert [p.activation for p in pairs] == [
-        "relu", "leaky_relu:0.3", "gelu", "tanh", "identity", "sigmoid", "elu:0.5", "hardtanh",
+    pairs, blocked = find_prunable_pairs(model)
+    assert [p.activation.spec for p in pairs if isinstance(p.activation, Activation)] == [
+        "relu", "leaky_relu:0.3", "gelu", "gelu_tanh", "tanh", "identity", "elu:0.5",
+        "hardtanh:-2.0:3.0", "mish",
     ]  # fmt: skip
+    assert len(pairs) == len(acts) and [b.name for b in blocked] == [str(2 * len(acts))]
+
+
+@pytest.mark.parametrize(
+    ("act", "needle"),
+    [
+        (nn.Sigmoid(), "sigmoid(0) = 0.5"),
+        (nn.SELU(), "|selu(t)| = 1.0507 |t| > |t| for t > 0"),
+        (nn.Softplus(), "softplus(0)"),
+        (nn.LeakyReLU(-1.5), "need |slope| <= 1"),
+        (nn.ELU(2.0), "need |alpha| <= 1"),
+        (nn.Hardtanh(0.5, 2.0), "hardtanh(0) = 0.5"),
+        (nn.Hardsigmoid(), "hardsigmoid(0) = 0.5"),
+    ],
+)
+def test_uncovered_activation_blocks_the_pair_with_the_reason(act: nn.Module, needle: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 6), act, nn.Linear(6, 2))
+    pairs, blocked = find_prunable_pairs(model)
+    assert pairs == []
+    reason = _reason(blocked, "0")
+    assert "activation not certifiable" in reason and "is not covered" in reason
+    assert needle in reason
+
+
+def test_functional_activation_parameters_are_read() -> None:
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+            self.fc4, self.fc5 = nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = F.gelu(self.fc1(x), approximate="tanh")
+            x = F.hardtanh(self.fc2(x), -0.5, 0.5)
+            x = F.elu(self.fc3(x), alpha=2.0)
+            return self.fc5(F.leaky_relu(self.fc4(x), x.mean()))
+
+    pairs, blocked = find_prunable_pairs(Functional())
+    assert [(p.producer, p.activation) for p in pairs] == [
+        ("fc1", Activation("gelu", approximate="tanh")),
+        ("fc2", Activation("hardtanh", min_val=-0.5, max_val=0.5)),
+    ]
+    assert "need |alpha| <= 1" in _reason(blocked, "fc3")
+    assert "not a constant" in _reason(blocked, "fc4")
+
+
+def test_hf_style_activation_module_is_read_by_behaviour() -> None:
+    class NewGELUActivation(nn.Module):  # what HF's class of that name computes
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            c = math.sqrt(2.0 / math.pi)
+            return 0.5 * x * (1.0 + torch.tanh(c * (x + 0.044715 * torch.pow(x, 3.0))))
+
+    class GELUActivation(nn.Module):  # the name says GELU, the forward is the tanh one
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.gelu(x, approximate="tanh")
+
+    class SquaredReLUActivation(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x) ** 2
+
+    model = nn.Sequential(
+        nn.Linear(4, 6), NewGELUActivation(), nn.Linear(6, 6), GELUActivation(),
+        nn.Linear(6, 6), SquaredReLUActivation(), nn.Linear(6, 2),
+    )  # fmt: skip
+    pairs, blocked = find_prunable_pairs(model)
+    assert [(p.producer, p.activation) for p in pairs] == [
+        ("0", Activation("gelu", approximate="tanh")),
+        ("2", Activation("gelu", approximate="tanh")),
+    ]
+    assert "computes no known activation" in _reason(blocked, "4")
+
+
+def test_simple_pair_and_string_activations_are_converted() -> None:
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(approximate="tanh"), nn.Linear(6, 2))
+    pair = PrunablePair.simple("0", "2", "gelu_tanh")
+    assert pair.activation == Activation("gelu", approximate="tanh") and pair.between == ()
+    found, _ = find_prunable_pairs(model)
+    assert validate_pairs(model, [pair])[0].activation == found[0].activation
+    legacy = PrunablePair("0", "2", None, "leaky_relu:0.2", False, (), ())
+    assert validate_pairs(model, [legacy])[0].activation == Activation("leaky_relu", 0.2)
+    with pytest.raises(ValueError, match="is not covered"):
+        validate_pairs(model, [PrunablePair("0", "2", None, "selu", False, (), ())])
+    with pytest.raises(ValueError, match="not a known activation"):
+        validate_pairs(model, [PrunablePair("0", "2", None, "relu ", False, (), ())])
+    with pytest.raises(ValueError, match="not a known activation"):
+        PrunablePair.simple("0", "2", "RELU")
+    with pytest.raises(TypeError, match="activation"):
+        validate_pairs(model, [PrunablePair("0", "2", None, nn.ReLU(), False, (), ())])  # type: ignore[arg-type]
 
 
 def test_model_is_not_mutated() -> None:
@@ -329,7 +426,9 @@ def test_untraceable_model_raises_with_hint() -> None:
         find_prunable_pairs(model)
     assert isinstance(info.value, FxTraceError) and info.value.__cause__ is not None
     pair = PrunablePair("fc1", "fc2", None, "relu", False, (), ())
-    assert validate_pairs(model, [pair]) == [pair]
+    assert validate_pairs(model, [pair]) == [
+        dataclasses.replace(pair, activation=Activation("relu"))
+    ]
 
 
 def test_bad_arguments() -> None:
@@ -343,7 +442,11 @@ def test_validate_pairs_rejects_bad_pairs() -> None:
     conv_pair, flat_pair, _ = good
     bad_cases = [
         (dataclasses.replace(conv_pair, producer="nope"), ValueError, "not a module"),
-        (dataclasses.replace(conv_pair, producer="bn1"), TypeError, "nn.Linear or nn.Conv2d"),
+        (
+            dataclasses.replace(conv_pair, producer="bn1"),
+            TypeError,
+            "nn.Linear, nn.Conv2d or Conv1D",
+        ),
         (dataclasses.replace(conv_pair, consumer="fc2"), ValueError, "without a flatten"),
         (dataclasses.replace(conv_pair, norm="conv2"), TypeError, "BatchNorm2d"),
         (dataclasses.replace(flat_pair, flatten=False), ValueError, "without a flatten"),
@@ -378,7 +481,7 @@ def test_resnet20_pairs_are_the_first_conv_of_each_block() -> None:
     expected = [(f"layer{s}.{b}.conv1", f"layer{s}.{b}.conv2") for s in (1, 2, 3) for b in range(3)]
     assert [(p.producer, p.consumer) for p in pairs] == expected
     assert all(p.norm == p.producer.replace("conv1", "bn1") for p in pairs)
-    assert all(p.activation == "relu" and not p.flatten for p in pairs)
+    assert all(p.activation == Activation("relu") and not p.flatten for p in pairs)
     assert "residual add" in _reason(blocked, "layer1.0.conv2")
     assert "residual add" in _reason(blocked, "layer2.0.downsample.0")
     assert validate_pairs(model, pairs) == pairs
