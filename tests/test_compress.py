@@ -387,3 +387,35 @@ def test_max_pooling_between_layers_is_flagged_in_the_report() -> None:
     notes = {row.producer: row.note for row in result.report}
     assert "max pooling" in notes["features.0"] and "max pooling" in notes["features.3"]
     assert "max pooling" not in notes["classifier.0"]
+
+
+def test_round_to_keeps_multiples_and_refuses_wider_than_a_layer() -> None:
+    model = _model("vgg11")
+    report = compress(model, target=0.5, round_to=8, method="magnitude", progress=False).report
+    assert all(r.units_after % 8 == 0 or r.units_after == r.units_before for r in report)
+    assert report.params_removed >= 0.5 - 1e-9
+    with pytest.raises(ValueError, match="round_to=4096 is larger than"):
+        compress(model, target=0.5, round_to=4096, progress=False)
+
+
+def test_ignored_layers_are_left_alone_and_unknown_names_refused() -> None:
+    model = _model("resnet20")
+    ignored = "layer1.0.conv1"
+    report = compress(
+        model, target=0.3, ignored_layers=[ignored], method="magnitude", progress=False
+    ).report
+    assert report.rows and all(ignored not in (r.producer, r.consumer) for r in report)
+    assert any("ignored_layers" in b.reason for b in report.blocked)
+    with pytest.raises(ValueError, match="not modules of the model"):
+        compress(model, target=0.3, ignored_layers=["fc9"], progress=False)
+
+
+def test_iterative_steps_reach_the_target_and_call_back_each_step() -> None:
+    model = _model("lenet300100")
+    seen: list[int] = []
+    result = compress(
+        model, target=0.6, steps=3, on_step=lambda m, step: seen.append(step), progress=False
+    )
+    assert seen == [1, 2, 3]
+    removed = 1 - count_params(result.model) / count_params(model)
+    assert removed >= 0.6 - 0.01

@@ -29,9 +29,14 @@ __all__ = [
 ALLOCATIONS = ("uniform", "global")
 
 
-def floors_for(units: Sequence[int], floor: float) -> list[int]:
-    """Minimum kept units per pair: ceil(floor * n), at least 1."""
-    return [max(1, math.ceil(floor * n)) for n in units]
+def round_up(count: int, n: int, round_to: int) -> int:
+    """`count` rounded up to a multiple of `round_to`, never above the layer's `n` units."""
+    return min(n, math.ceil(count / round_to) * round_to)
+
+
+def floors_for(units: Sequence[int], floor: float, round_to: int = 1) -> list[int]:
+    """Minimum kept units per pair: ceil(floor * n), at least 1, rounded up to `round_to`."""
+    return [round_up(max(1, math.ceil(floor * n)), n, round_to) for n in units]
 
 
 def reachable_maximum(cost: CostModel, floors: Sequence[int]) -> float:
@@ -52,14 +57,22 @@ def check_reachable(cost: CostModel, floors: Sequence[int], target: float, floor
 
 
 def uniform(
-    cost: CostModel, units: Sequence[int], floors: Sequence[int], target: float
+    cost: CostModel,
+    units: Sequence[int],
+    floors: Sequence[int],
+    target: float,
+    round_to: int = 1,
 ) -> list[int]:
-    """Largest common kept fraction f (k = max(floor, ceil(f n))) that meets the target."""
+    """Largest common kept fraction f (k = max(floor, ceil(f n)), rounded up to `round_to`)
+    that meets the target."""
     fractions = sorted({Fraction(k, n) for n in units for k in range(1, n + 1)})
     candidates = [Fraction(0), *fractions]
 
     def keeps_at(f: Fraction) -> list[int]:
-        return [max(lo, math.ceil(f * n)) for n, lo in zip(units, floors, strict=True)]
+        return [
+            round_up(max(lo, math.ceil(f * n)), n, round_to)
+            for n, lo in zip(units, floors, strict=True)
+        ]
 
     best = last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= target)
     return keeps_at(candidates[best] if best is not None else Fraction(0))
@@ -100,7 +113,11 @@ def global_by_scores(
 
 
 def global_by_curves(
-    cost: CostModel, curves: Sequence[torch.Tensor], floors: Sequence[int], target: float
+    cost: CostModel,
+    curves: Sequence[torch.Tensor],
+    floors: Sequence[int],
+    target: float,
+    round_to: int = 1,
 ) -> tuple[list[int], float]:
     """Smallest common level whose per-layer removals meet the target.
 
@@ -114,7 +131,7 @@ def global_by_curves(
         for curve, lo in zip(curves, floors, strict=True):
             n = curve.numel() - 1
             removable = int((curve[1:] <= level).sum())
-            out.append(max(lo, n - removable))
+            out.append(round_up(max(lo, n - removable), n, round_to))
         return out
 
     found = first_true(values, lambda e: cost.removed(keeps_at(e)) >= target)
@@ -144,3 +161,20 @@ def last_true(values: Sequence[Any], test: Callable[[Any], bool]) -> int | None:
         else:
             hi = mid
     return lo - 1 if lo > 0 else None
+
+
+def round_masks(
+    ranked: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], round_to: int
+) -> list[torch.Tensor]:
+    """Each layer's kept mask grown (by its best removed units) to a multiple of `round_to`."""
+    out = []
+    for score, mask in zip(ranked, masks, strict=True):
+        n, kept = mask.numel(), int(mask.sum())
+        extra = round_up(kept, n, round_to) - kept
+        mask = mask.clone()
+        if extra:
+            removed = torch.nonzero(~mask).flatten()
+            best = removed[torch.sort(score[removed], descending=True, stable=True).indices[:extra]]
+            mask[best] = True
+        out.append(mask)
+    return out

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from coreprune.checks import check_int
 from coreprune.compress import allocate
 from coreprune.compress.apply import PairCut, cut_pair
 from coreprune.compress.capture import capture_input, capture_output
@@ -70,8 +72,15 @@ def compress(
     choice: str | None = None,
     floor: float = DEFAULT_FLOOR,
     ridge: float = DEFAULT_RIDGE,
+    round_to: int = 1,
+    ignored_layers: Sequence[str] = (),
+    steps: int = 1,
+    on_step: Callable[[nn.Module, int], None] | None = None,
+    guarantee: Any = None,
+    holdout: Any = None,
+    confidence: float = 0.95,
     progress: bool = True,
-) -> CompressResult:
+) -> Any:
     """Prune every prunable layer pair of `model`; return a new, smaller model and a report.
 
     Args:
@@ -99,10 +108,24 @@ def compress(
             or "certified" (the worst-case sensitivities).
         floor: no pair keeps fewer than ceil(floor * units) units (at least 1).
         ridge: relative ridge of the least-squares rewiring.
+        round_to: kept counts are multiples of this (8 or 16 for real speed), capped at a
+            layer's width.
+        ignored_layers: module names never pruned (as producer or consumer).
+        steps: prune in this many steps toward `target` (each removes the same fraction of
+            what remains), calling `on_step(model, step)` after each (e.g. a short fine-tune,
+            which may train the model in place).
+        guarantee: certified compression: e.g. {"agreement": 0.97}; the strongest budget
+            whose guarantee `holdout` certifies at `confidence` (fixed-sequence testing over
+            increasing targets). Needs `holdout` (never used for anything else) and no
+            `target`/`eps`. See `coreprune.certify.certified_compress`.
+        holdout: held-out labelled data for `guarantee`: a DataLoader or (inputs, labels).
+        confidence: the confidence of the certified guarantee.
         progress: show progress bars.
 
     Returns:
-        `CompressResult` with `.model` (a new module) and `.report` (per-layer rows).
+        `CompressResult` with `.model` (a new module) and `.report` (per-layer rows); with
+        `guarantee`, a `coreprune.certify.CertifiedCompression` (its `.model`, `.result` and
+        the tested budgets).
 
     Example:
         >>> import torch
@@ -113,6 +136,98 @@ def compress(
         >>> result.model[0].out_features
         9
     """
+    options = {
+        "eps": eps, "target": target, "method": method, "mode": mode,
+        "allocation": allocation, "metric": metric, "example_input": example_input,
+        "calibration": calibration, "rank": rank, "pairs": pairs, "delta": delta,
+        "generator": generator, "sensitivity": sensitivity, "compensate": compensate,
+        "choice": choice, "floor": floor, "ridge": ridge, "round_to": round_to,
+        "ignored_layers": ignored_layers, "progress": progress,
+    }  # fmt: skip
+    if guarantee is not None or holdout is not None:
+        if guarantee is None or holdout is None:
+            raise ValueError("certified compression needs both guarantee= and holdout=")
+        if target is not None or eps is not None or steps != 1:
+            raise ValueError(
+                "with guarantee=, the budget is searched: leave target, eps and steps unset"
+            )
+        # coreprune.certify sits above compress (it runs compress); imported at call time.
+        from coreprune.certify.search import certified_compress
+
+        del options["eps"], options["target"]
+        return certified_compress(
+            model, guarantee=guarantee, holdout=holdout, confidence=confidence, **options
+        )
+    steps = check_int(steps, "steps", minimum=1)
+    if on_step is not None and not callable(on_step):
+        raise TypeError(f"on_step must be a callable (model, step), got {type(on_step).__name__}")
+    if steps == 1:
+        result = _compress_once(model, **options)
+        if on_step is not None:
+            on_step(result.model, 1)
+        return result
+    return _iterative(model, steps, on_step, options)
+
+
+def _iterative(
+    model: nn.Module,
+    steps: int,
+    on_step: Callable[[nn.Module, int], None] | None,
+    options: dict[str, Any],
+) -> CompressResult:
+    """`steps` compressions, each toward 1 - (1 - target)^(step / steps) of the dense cost."""
+    target = options["target"]
+    if target is None:
+        raise ValueError("steps > 1 needs target= (eps applies per layer in one step)")
+    check_options(
+        model, None, target, options["method"], options["mode"], options["allocation"],
+        options["metric"], options["example_input"], options["calibration"], options["rank"],
+        options["delta"], options["generator"], options["sensitivity"], options["compensate"],
+        options["choice"], options["floor"], options["ridge"],
+    )  # fmt: skip
+    args = None if options["example_input"] is None else as_args(options["example_input"])
+    measure = (
+        (lambda m: count_macs(m, args)) if options["metric"] == "macs" and args else count_params
+    )
+    dense_cost = measure(model)
+    current, result = model, None
+    for step in range(1, steps + 1):
+        wanted = (1 - target) ** (step / steps) * dense_cost  # cost left after this step
+        relative = 1 - wanted / measure(current)
+        if relative <= 0:
+            continue
+        result = _compress_once(current, **{**options, "target": min(relative, 1 - 1e-9)})
+        current = result.model
+        if on_step is not None:
+            on_step(current, step)
+    assert result is not None
+    return result
+
+
+def _compress_once(
+    model: nn.Module,
+    *,
+    eps: float | None,
+    target: float | None,
+    method: str | Pruner,
+    mode: str,
+    allocation: str,
+    metric: str,
+    example_input: Inputs | None,
+    calibration: torch.Tensor | None,
+    rank: int | None,
+    pairs: Sequence[PrunablePair] | None,
+    delta: float,
+    generator: torch.Generator | None,
+    sensitivity: str,
+    compensate: str | None,
+    choice: str | None,
+    floor: float,
+    ridge: float,
+    round_to: int,
+    ignored_layers: Sequence[str],
+    progress: bool,
+) -> CompressResult:
     start = time.perf_counter()
     opts = check_options(
         model, eps, target, method, mode, allocation, metric, example_input, calibration, rank,
@@ -122,15 +237,24 @@ def compress(
     flags = training_flags(work)
     work.eval()
     check_model_inputs(work, example_input, calibration)
-    pair_list, blocked = _resolve_pairs(work, pairs)
+    pair_list, blocked = _resolve_pairs(work, pairs, ignored_layers)
+    round_to = check_int(round_to, "round_to", minimum=1)
     args = None if example_input is None else as_args(example_input)
     dense = copy.deepcopy(work)
     dense_modules = dict(dense.named_modules())
     dense_macs = module_macs(dense, args) if args is not None else None
     units = [_out_units(work, p) for p in pair_list]
-    floors = allocate.floors_for(units, opts.floor)
+    for pair, n in zip(pair_list, units, strict=True):
+        if round_to > n:
+            raise ValueError(
+                f"round_to={round_to} is larger than {pair.producer!r} ({n} units); pass "
+                f"round_to <= {min(units)} or ignore that layer (ignored_layers=)"
+            )
+    floors = allocate.floors_for(units, opts.floor, round_to)
     chooser = _chooser(opts)
-    keeps, unit_sets, budget = _plan(opts, work, pair_list, units, floors, chooser, args, progress)
+    keeps, unit_sets, budget = _plan(
+        opts, work, pair_list, units, floors, chooser, args, round_to, progress
+    )
     rows: list[LayerRow] = []
     bar = tqdm(pair_list, desc=f"compress ({opts.method})", disable=not progress, unit="layer")
     for index, pair in enumerate(bar):
@@ -195,15 +319,28 @@ def _out_units(model: nn.Module, pair: PrunablePair) -> int:
 
 
 def _resolve_pairs(
-    work: nn.Module, pairs: Sequence[PrunablePair] | None
+    work: nn.Module, pairs: Sequence[PrunablePair] | None, ignored: Sequence[str] = ()
 ) -> tuple[list[PrunablePair], list[BlockedLayer]]:
     """The pairs to prune in forward order, and the layers that cannot be pruned with why."""
+    if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
+        raise TypeError("ignored_layers must be a list of module names (str)")
+    names = dict(work.named_modules())
+    unknown = [n for n in ignored if n not in names]
+    if unknown:
+        raise ValueError(
+            f"ignored_layers names {unknown} that are not modules of the model; use names from "
+            "model.named_modules()"
+        )
     if pairs is None:
         found, blocked = find_prunable_pairs(work)
     else:
         found, blocked = validate_pairs(work, pairs), []
     usable: list[PrunablePair] = []
     for pair in found:
+        touched = {pair.producer, pair.consumer, pair.norm} & set(ignored)
+        if touched:
+            blocked.append(BlockedLayer(pair.producer, f"ignored_layers names {sorted(touched)}"))
+            continue
         try:
             resolve_activation(pair.activation)
         except (TypeError, ValueError) as err:
@@ -233,6 +370,7 @@ def _plan(
     floors: list[int],
     chooser: CoresetChooser | None,
     args: tuple[torch.Tensor, ...] | None,
+    round_to: int,
     progress: bool,
 ) -> tuple[list[int] | None, list[torch.Tensor] | None, str]:
     """Kept counts per pair (None in eps mode), kept unit sets (baselines), and the budget."""
@@ -244,30 +382,33 @@ def _plan(
     if opts.pruner is not None:
         example = args[0] if args is not None else opts.calibration
         unit_sets = _baseline_units(
-            opts, opts.pruner, work, pairs, units, floors, cost, example, progress
+            opts, opts.pruner, work, pairs, units, floors, cost, example, round_to, progress
         )
         keeps = [int(u.numel()) for u in unit_sets]
         label = f"{opts.pruner.name} unit scores"
     elif opts.allocation == "uniform":
-        keeps = allocate.uniform(cost, units, floors, opts.target)
+        keeps = allocate.uniform(cost, units, floors, opts.target, round_to)
         label = "same kept fraction per layer"
     else:
         assert chooser is not None
         bar = tqdm(pairs, desc="score (budget)", disable=not progress, unit="layer")
         curves = [chooser.curve(work, pair) for pair in bar]
-        keeps, level = allocate.global_by_curves(cost, curves, floors, opts.target)
+        keeps, level = allocate.global_by_curves(cost, curves, floors, opts.target, round_to)
         label = f"common eps {level:.4g} (certified), scored on the dense model"
     planned = cost.removed(keeps)
     budget = (
         f"target {100 * opts.target:g}% of {opts.metric} removed, {opts.allocation} allocation "
-        f"({label}, floor {opts.floor:g}); planned {100 * planned:.2f}%"
+        f"({label}, floor {opts.floor:g}"
+        + (f", round_to {round_to}" if round_to > 1 else "")
+        + f"); planned {100 * planned:.2f}%"
     )
     return keeps, unit_sets, budget
 
 
 def _baseline_units(
     opts: Options, pruner: Pruner, work: nn.Module, pairs: list[PrunablePair], units: list[int],
-    floors: list[int], cost: CostModel, example: torch.Tensor | None, progress: bool,
+    floors: list[int], cost: CostModel, example: torch.Tensor | None, round_to: int,
+    progress: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
     """Kept units of a baseline, scored on the dense model; with `rounds` > 1 re-scored on
     the exponential schedule 1 - (1 - target)^(k / rounds), pruned units staying pruned."""
@@ -279,10 +420,12 @@ def _baseline_units(
         gates = UnitGates(work, pairs, masks=[a.float() for a in alive])
         ranked = _ranked(pruner, pairs, pruner.unit_scores(work, gates, example), alive)
         if opts.allocation == "uniform":
-            keeps = allocate.uniform(cost, units, floors, fraction)
+            keeps = allocate.uniform(cost, units, floors, fraction, round_to)
             alive = [allocate.keep_top(r, c) for r, c in zip(ranked, keeps, strict=True)]
         else:
             alive = allocate.global_by_scores(cost, ranked, floors, fraction)
+            if round_to > 1:
+                alive = allocate.round_masks(ranked, alive, round_to)
     return [torch.nonzero(a).flatten() for a in alive]
 
 
