@@ -14,7 +14,13 @@ from torch import nn
 from coreprune.surgery.patches import conv_patches
 from coreprune.torch_utils import eval_mode
 
-__all__ = ["MAX_CALIBRATION_ROWS", "capture_input", "capture_output", "input_rows", "subsample_rows"]
+__all__ = [
+    "MAX_CALIBRATION_ROWS",
+    "capture_input",
+    "capture_output",
+    "input_rows",
+    "subsample_rows",
+]
 
 MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for a calibration query space
 _ROW_SEED = 0  # row subsampling uses its own generator, so it never shifts the caller's stream
