@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune import compress
-from coreprune.methods.prune_early import early_schedule, prune_early
+from coreprune.methods.prune_early import early_schedule, loss_and_grad_norm, prune_early
 from coreprune.scoring import UnitGates
 from coreprune.scoring.gradflow import (
     GRADFLOW_MEASURES,
@@ -251,3 +251,35 @@ def test_bad_arguments_name_the_argument() -> None:
         GradNormIncrease(data, temperature=-1.0)
     with pytest.raises(ValueError, match="samples"):
         LossPreservation(data, samples=0)
+
+
+def test_loss_and_grad_norm_by_hand_and_flags_untouched() -> None:
+    """Cross-entropy and the gradient norm, computed in eval mode, against the formulas; the
+    model's per-module train flags and requires_grad are as before (a frozen batch norm in a
+    training model stays frozen), and no .grad is written."""
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2), nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        net[2].weight.copy_(torch.tensor([[1.0, -1.0], [0.5, 0.5]]))
+        net[2].bias.zero_()
+    net.train()
+    net[1].eval()
+    net[2].bias.requires_grad_(False)
+    x, y = torch.tensor([[1.0, 1.0]]), torch.tensor([0])
+    loss, norm = loss_and_grad_norm(net, (x, y))
+    # eval-mode BN with fresh statistics: y / sqrt(1 + 1e-5); logits W2 (W1 x) / sqrt(1 + eps)
+    h = torch.tensor([1.0, 2.0]) / math.sqrt(1 + 1e-5)
+    logits = torch.tensor([h[0] - h[1], 0.5 * (h[0] + h[1])])
+    p = torch.softmax(logits, 0)
+    assert loss == pytest.approx(float(-torch.log(p[0])), rel=1e-6)
+    d_logits = p - torch.tensor([1.0, 0.0])  # dL/dlogits
+    w2 = torch.tensor([[1.0, -1.0], [0.5, 0.5]])
+    g_w2 = torch.outer(d_logits, h)
+    g_out = w2.T @ d_logits  # dL/d(batch-norm output)
+    g_w1 = torch.outer(g_out / math.sqrt(1 + 1e-5), x[0])
+    g_bn = torch.cat([g_out * h, g_out])  # d/dgamma = g * y_hat (= h here), d/dbeta = g
+    want = math.sqrt(sum(float((g**2).sum()) for g in (g_w1, g_w2, g_bn)))
+    assert norm == pytest.approx(want, rel=1e-6)
+    assert [m.training for m in net] == [True, False, True] and net.training
+    assert [p.requires_grad for p in net.parameters()] == [True, True, True, True, False]
+    assert all(p.grad is None for p in net.parameters())
