@@ -188,3 +188,18 @@ def test_bad_arguments_name_the_argument() -> None:
         dpf_train(net, batches, target=0.5, epochs=0)
     for key, value in net.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("structured", [False, True])
+def test_result_keeps_the_models_train_flags_and_requires_grad(structured: bool) -> None:
+    net, batches = _conv_net(), _classification(32)
+    net.train()
+    net[1].eval()  # a frozen batch norm inside a training model
+    net[0].bias.requires_grad_(False)
+    result = dpf_train(
+        net, batches, target=0.3, epochs=1, lr=0.01, structured=structured, update_every=1,
+        device="cpu", seed=0,
+    )  # fmt: skip
+    assert [m.training for m in result.model] == [m.training for m in net]
+    assert result.model[0].bias.requires_grad is False
+    assert net[0].bias.requires_grad is False and not net[1].training  # the input is untouched
