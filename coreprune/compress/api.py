@@ -136,7 +136,7 @@ def compress(
         >>> result.model[0].out_features
         9
     """
-    options = {
+    options: dict[str, Any] = {
         "eps": eps, "target": target, "method": method, "mode": mode,
         "allocation": allocation, "metric": metric, "example_input": example_input,
         "calibration": calibration, "rank": rank, "pairs": pairs, "delta": delta,
@@ -337,7 +337,7 @@ def _resolve_pairs(
         found, blocked = validate_pairs(work, pairs), []
     usable: list[PrunablePair] = []
     for pair in found:
-        touched = {pair.producer, pair.consumer, pair.norm} & set(ignored)
+        touched = {n for n in (pair.producer, pair.consumer, pair.norm) if n} & set(ignored)
         if touched:
             blocked.append(BlockedLayer(pair.producer, f"ignored_layers names {sorted(touched)}"))
             continue
@@ -491,9 +491,12 @@ def _cut_and_rewire(
         if fit.note:
             rewiring += f" ({fit.note})"
         if picked.per_next is not None:
-            full = expand_reading(next_weights(refit, keep.numel()), keep, n)  # type: ignore[arg-type]
+            full = expand_reading(next_weights(refit, keep.numel()), keep, n)
             weights_only = rewired_eps(reading, full, picked.per_next)
-            changed = consumer.bias is not None and not torch.equal(consumer.bias, refit.bias)
+            old_bias, new_bias = consumer.bias, refit.bias
+            changed = False
+            if old_bias is not None and new_bias is not None:
+                changed = not torch.equal(old_bias, new_bias)
             eps_rewired = float("inf") if changed else weights_only
             if changed:
                 notes.append(

@@ -74,7 +74,7 @@ def cut_pair(model: nn.Module, pair: PrunablePair, cut: PairCut) -> None:
         raise TypeError(f"{pair.producer!r} is {type(producer).__name__}, not a prunable layer")
     n = kind.out_units(producer)
     keep = _check_cut(cut, n, pair)
-    new_consumer = slice_consumer(consumer, n, keep, cut.scale)  # type: ignore[arg-type]
+    new_consumer: nn.Module = slice_consumer(consumer, n, keep, cut.scale)  # type: ignore[arg-type]
     if cut.consumer_weight is not None or cut.consumer_bias is not None:
         new_consumer = _with_consumer_tensors(new_consumer, cut, pair)
     replace_submodule(model, pair.producer, slice_producer(producer, keep))  # type: ignore[arg-type]

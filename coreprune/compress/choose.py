@@ -20,6 +20,7 @@ from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
 from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
 
@@ -216,7 +217,10 @@ class CoresetChooser:
         """Top `count` units by empirical sensitivity; certified by the worst-case bounds."""
         assert self.calibration is not None
         acts = capture_input(model, pair.consumer, self.calibration)
-        n = model.get_submodule(pair.producer).weight.shape[0]
+        full_producer = model.get_submodule(pair.producer)
+        kind = layer_kind(full_producer)
+        assert kind is not None
+        n = kind.out_units(full_producer)
         if acts.ndim == 2 and acts.shape[1] != n:  # flatten -> Linear: one row per position
             acts = acts.reshape(acts.shape[0], n, -1, 1)
         acts = acts.index_select(1, nonzero.to(acts.device))

@@ -190,7 +190,7 @@ def coreset_prune(
     keep: int | None = None,
     query: QuerySpace | None = None,
     generator: torch.Generator | None = None,
-    activation: str | nn.Module = "relu",
+    activation: str | nn.Module | Activation = "relu",
     norm: nn.Module | None = None,
     sensitivity: str = "auto",
     tol: float = 1e-3,
