@@ -277,7 +277,7 @@ def _one_next(
     v = scale * units[active]
     err = scale * error[active]
     cols = (v != 0).any(dim=0) | (err != 0).any(dim=0)  # exactly-zero columns carry no query
-    v, err = v[:, cols], err[:, cols]
+    v, err = _equilibrate(v[:, cols], err[:, cols])
     if v.shape[0] <= v.shape[1]:
         s[active] = 1.0
         return s, 0.0
@@ -286,6 +286,19 @@ def _one_next(
     bound, charge = _BOUNDS[name](v, slack, tol)
     s[active] = bound
     return s, charge
+
+
+def _equilibrate(v: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale each column by a power of 2 so its largest entry is in [0.5, 1).
+
+    Exact in floating point, and range(V D) = range(V) for an invertible diagonal D, so every
+    s_ij is unchanged; it only spares the solvers (whose tolerances are absolute) extreme scales.
+    """
+    if v.shape[1] == 0:
+        return v, err
+    _, exponent = torch.frexp((v.abs() + err).amax(dim=0))
+    factor = torch.ldexp(torch.ones_like(v[0]), -exponent)
+    return v * factor, err * factor
 
 
 def _sigma_range(v: torch.Tensor) -> tuple[float, float, float]:
@@ -469,6 +482,8 @@ def _exact(v: torch.Tensor, slack: float, _tol: float) -> tuple[torch.Tensor, fl
     out = torch.ones(n, dtype=v.dtype)
     if n <= dim:
         return out.to(v.device), 0.0
+    if slack == 0:  # a direct call: equilibrate here (exact; _one_next has done it already)
+        v, _ = _equilibrate(v, torch.zeros_like(v))
     sigma, low, hi = _sigma_range(v)
     if not low > 0:
         raise _refuse(v, sigma, hi, 0.0)
