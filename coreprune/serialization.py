@@ -520,8 +520,9 @@ def _check_header(
     for alias, primary in aliases.items():
         if alias not in expected or primary not in stored:
             raise ValueError(f"{where!r}: alias {alias!r} -> {primary!r} names an unknown tensor")
-        if expected[alias] != expected[primary]:
-            raise ValueError(f"{where!r}: alias {alias!r} and {primary!r} differ in shape or kind")
+        a, p = expected[alias], expected[primary]
+        if (a["shape"], a["dtype"]) != (p["shape"], p["dtype"]):
+            raise ValueError(f"{where!r}: alias {alias!r} and {primary!r} differ in shape or dtype")
 
 
 # --------------------------------------------------------------------------------------------
