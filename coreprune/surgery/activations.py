@@ -432,7 +432,8 @@ _GRID = torch.cat(
     [
         torch.linspace(-12.0, 12.0, 4801, dtype=torch.float64),
         torch.tensor(
-            [-1e3, -100.0, -40.0, -25.0, 1e-6, 25.0, 40.0, 100.0, 1e3], dtype=torch.float64
+            [-1e3, -100.0, -40.0, -25.0, -1.0, 1e-6, 1.0, 25.0, 40.0, 100.0, 1e3],
+            dtype=torch.float64,
         ),
     ]
 )

@@ -161,16 +161,28 @@ def find_prunable_pairs(model: nn.Module) -> tuple[list[PrunablePair], list[Bloc
             pairs.append(outcome)
         else:
             blocked.append(BlockedLayer(str(node.target), outcome))
+    leaves = {str(n.target) for n in graph.nodes if n.op == "call_module"}
     for name, module in modules.items():
         if layer_kind(module) is not None and name not in seen:
-            blocked.append(
-                BlockedLayer(
-                    name,
-                    "never called as its own module in the traced forward (it runs inside "
-                    "another module, through a custom subclass's forward, or not at all)",
-                )
-            )
+            blocked.append(BlockedLayer(name, _never_called(name, leaves, modules)))
     return pairs, blocked
+
+
+def _never_called(name: str, leaves: set[str], modules: Mapping[str, nn.Module]) -> str:
+    """Why a layer has no node of its own: it runs inside a module fx keeps whole, or not at all."""
+    parts = name.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:depth])
+        if parent in leaves:
+            kind = type(modules[parent]).__name__
+            return (
+                f"it runs inside {parent!r} ({kind}), which the traced forward calls as one "
+                "module, so its units cannot be followed"
+            )
+    return (
+        "never called as its own module in the traced forward (it runs inside another module, "
+        "through a custom subclass's forward, or not at all)"
+    )
 
 
 def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[PrunablePair]:
@@ -209,11 +221,12 @@ def validate_pairs(model: nn.Module, pairs: Iterable[PrunablePair]) -> list[Prun
 
 
 class _Tracer(fx.Tracer):
-    """The default tracer, but a module that looks like an activation (HF's GELUActivation, a
-    subclass of nn.ReLU, ...) stays one call, so the walk can ask what it computes."""
+    """The default tracer, but every layer type of the registry (HF's Conv1D included) and every
+    module that looks like an activation (HF's GELUActivation, a subclass of nn.ReLU, ...) stays
+    one call, so the walk sees the layer and can ask the activation what it computes."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if super().is_leaf_module(m, module_qualified_name):
+        if super().is_leaf_module(m, module_qualified_name) or layer_kind(m) is not None:
             return True
         stateless = not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
         return stateless and looks_like_activation(m)
@@ -561,6 +574,11 @@ def _flatten_call(path: _Path, user: fx.Node) -> str | None:
         shape = list(shape[0])
     if len(shape) == 2 and _is_batch_flatten(shape[0], shape[1]):
         return _add_flatten(path, user)
+    if not path.is_conv:
+        return (
+            f"reshape {user.name!r} regroups the Linear producer's units (as splitting attention "
+            "heads does), so they cannot be removed one by one"
+        )
     return f"reshape {user.name!r} is not a batch-preserving flatten (x.view(x.size(0), -1))"
 
 

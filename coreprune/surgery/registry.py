@@ -30,7 +30,8 @@ __all__ = [
 class LayerKind(Protocol):
     """What the library needs to know about a layer type whose outputs are units."""
 
-    module_type: type[nn.Module]
+    @property
+    def module_type(self) -> type[nn.Module]: ...
 
     def out_units(self, module: Any) -> int: ...
     def in_units(self, module: Any) -> int: ...
@@ -187,6 +188,100 @@ class _Conv2dKind:
 
 
 @dataclass(frozen=True)
+class _Conv1DKind:
+    """HF transformers' `Conv1D` (GPT-2 style): a Linear whose weight is stored transposed.
+
+    y = x @ weight + bias, weight (nx, nf) = (inputs, outputs), `nf` the number of outputs. There
+    is no class to import (transformers is optional), so a module is one when a class in its MRO
+    is named "Conv1D" and its tensors have that shape (see `_is_conv1d`). Unit i is column i of
+    the weight; everything else is the Linear rule on the transposed weight.
+    """
+
+    module_type: type[nn.Module] = nn.Module
+
+    def out_units(self, module: Any) -> int:
+        return int(module.weight.shape[1])
+
+    def in_units(self, module: Any) -> int:
+        return int(module.weight.shape[0])
+
+    def weights_per_pair(self, module: Any) -> int:
+        return 1
+
+    def inputs_per_output(self, module: Any) -> int:
+        return int(module.weight.shape[0])
+
+    def bias_params(self, module: Any) -> int:
+        return int(module.bias is not None)
+
+    def unsupported(self, module: Any) -> str | None:
+        return None
+
+    def unit_weights(self, module: Any) -> torch.Tensor:
+        return _float64(module.weight).T.contiguous()
+
+    def reading(self, module: Any, n_units: int) -> torch.Tensor:
+        """Rows are outputs, as for the Linear reading of weight.T."""
+        w = _float64(module.weight).T
+        block = w.shape[1] // n_units
+        return w.reshape(w.shape[0], n_units, block).permute(0, 2, 1).reshape(-1, n_units)
+
+    def weight_from_reading(self, module: Any, reading: torch.Tensor) -> torch.Tensor:
+        """In the module's own (inputs, outputs) layout."""
+        out = self.out_units(module)
+        n = reading.shape[1]
+        block = reading.shape[0] // out
+        linear = reading.reshape(out, block, n).permute(0, 2, 1).reshape(out, n * block)
+        return linear.T.contiguous()
+
+    def slice_outputs(self, module: Any, keep: torch.Tensor) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        bias = None if module.bias is None else module.bias.index_select(0, keep)
+        new = _with_tensors(module, weight=module.weight.index_select(1, keep), bias=bias)
+        new.nf = int(keep.numel())
+        return new
+
+    def slice_inputs(
+        self, module: Any, n_units: int, keep: torch.Tensor, scale: torch.Tensor | None
+    ) -> nn.Module:
+        keep = keep.to(module.weight.device)
+        w = module.weight.detach()
+        block = w.shape[0] // n_units
+        blocks = w.reshape(n_units, block, w.shape[1]).index_select(0, keep)
+        if scale is not None:
+            blocks = (_float64(blocks) * scale.to(w.device, torch.float64)[:, None, None]).to(
+                w.dtype
+            )
+        new = _with_tensors(module, weight=blocks.reshape(-1, w.shape[1]))
+        if hasattr(new, "nx"):
+            new.nx = int(keep.numel()) * block
+        return new
+
+
+def _is_conv1d(module: object) -> bool:
+    """HF's Conv1D by class name and behaviour: a 2-D weight (nx, nf) with `nf` outputs and a
+    bias of nf entries (or none)."""
+    if not isinstance(module, nn.Module):
+        return False
+    if not any(cls.__name__ == "Conv1D" for cls in type(module).__mro__):
+        return False
+    # Read the registered tensors directly: while fx traces, attribute access yields proxies.
+    weight = module._parameters.get("weight")
+    bias = module._parameters.get("bias", module._buffers.get("bias"))
+    nf = module.__dict__.get("nf")
+    return (
+        isinstance(weight, nn.Parameter)
+        and weight.ndim == 2
+        and isinstance(nf, int)
+        and weight.shape[1] == nf
+        and (bias is None or (isinstance(bias, torch.Tensor) and tuple(bias.shape) == (nf,)))
+    )
+
+
+_CONV1D = _Conv1DKind()
+
+
+@dataclass(frozen=True)
 class NormKind:
     """A per-channel norm with running statistics that folds into the layer before it."""
 
@@ -248,7 +343,10 @@ def _lookup(table: dict[type[nn.Module], Any], module: object) -> Any:
 
 def layer_kind(module: object) -> LayerKind | None:
     """The registry entry for a module whose outputs are units (subclasses included), or None."""
-    return _lookup(LAYER_KINDS, module)
+    kind: LayerKind | None = _lookup(LAYER_KINDS, module)
+    if kind is None and _is_conv1d(module):
+        return _CONV1D
+    return kind
 
 
 def norm_kind(module: object) -> NormKind | None:
@@ -261,5 +359,8 @@ def unsupported_reason(module: object) -> str | None:
     kind = layer_kind(module)
     if kind is None:
         supported = ", ".join(f"nn.{t.__name__}" for t in LAYER_KINDS)
-        return f"{type(module).__name__} is not a supported layer type ({supported})"
+        return (
+            f"{type(module).__name__} is not a supported layer type ({supported}, or HF's "
+            "Conv1D with weight (nx, nf))"
+        )
     return kind.unsupported(module)
