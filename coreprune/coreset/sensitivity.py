@@ -298,7 +298,10 @@ def _equilibrate(v: torch.Tensor, err: torch.Tensor) -> tuple[torch.Tensor, torc
         return v, err
     _, exponent = torch.frexp((v.abs() + err).amax(dim=0))
     factor = torch.ldexp(torch.ones_like(v[0]), -exponent)
-    return v * factor, err * factor
+    scaled, scaled_err = v * factor, err * factor
+    if not (torch.equal(scaled / factor, v) and torch.equal(scaled_err / factor, err)):
+        return v, err  # a column spans so many binades that scaling would underflow: keep it
+    return scaled, scaled_err
 
 
 def _sigma_range(v: torch.Tensor) -> tuple[float, float, float]:
@@ -355,7 +358,7 @@ def _leverage(v: torch.Tensor, slack: float, _tol: float) -> tuple[torch.Tensor,
     q, r = torch.linalg.qr(v)
     qr_residual = float((q @ r - v).norm()) + (dim + 2) * _EPS * float(q.norm() * r.norm())
     gram = q.T @ q - torch.eye(dim, dtype=v.dtype, device=v.device)
-    omega = float(gram.norm()) + 2 * (m + 1) * _EPS
+    omega = float(gram.norm()) + (m + 2) * _EPS * float(q.norm()) ** 2  # + rounding of Q^T Q
     if omega >= 0.5:
         raise _refuse(v, *_sigma_range(v)[::2], qr_residual)
     delta = range_charge(v, slack + qr_residual)

@@ -230,3 +230,33 @@ def test_max_pooling_must_be_a_bool() -> None:
     layer, nxt = make_pair(10, 2, 2, seed=11)
     with pytest.raises(TypeError, match="max_pooling must be a bool"):
         coreset_prune(layer, 0.5, nxt, mode="select", max_pooling="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", BOUNDED)
+def test_columns_at_extreme_scales_are_equilibrated_not_refused(method: str) -> None:
+    """A coordinate at 1e300 next to one at 1: scaling columns by powers of 2 is exact."""
+    units = torch.tensor(
+        [[1e300, 1.0], [-1e300, 2.0], [3e299, 3.0], [1e299, 1.0], [0.0, 1e-300]],
+        dtype=torch.float64,
+    )
+    reading = torch.ones(1, 5, dtype=torch.float64)
+    per_next = compute_sensitivities(units, reading, method).per_next
+    assert bool(torch.isfinite(per_next).all())
+    _assert_never_below_truth(units, reading, method)
+
+
+@pytest.mark.parametrize("method", BOUNDED)
+def test_extreme_magnitudes_stay_finite_and_sound(method: str) -> None:
+    """Entries from 1e-300 to 1e300 (and a subnormal): no overflow, no underflow, no free zero."""
+    units = torch.tensor(
+        [[1e300, 1.0], [-1e300, 2.0], [1e-300, 3.0], [5e-320, 1.0], [0.0, 1e-300]],
+        dtype=torch.float64,
+    )
+    reading = torch.ones(1, 5, dtype=torch.float64)
+    try:
+        per_next = compute_sensitivities(units, reading, method).per_next
+    except ValueError as err:
+        assert ILL_CONDITIONED in str(err)
+        return
+    assert bool(torch.isfinite(per_next).all())
+    _assert_never_below_truth(units, reading, method)
