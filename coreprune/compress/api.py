@@ -34,7 +34,7 @@ from coreprune.compress.cost import (
 )
 from coreprune.compress.options import DEFAULT_FLOOR, Options, check_model_inputs, check_options
 from coreprune.compress.report import CompressReport, CompressResult, LayerRow
-from coreprune.scoring.base import Pruner
+from coreprune.scoring.base import UnitScorer
 from coreprune.scoring.gates import UnitGates
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pairs, validate_pairs
@@ -57,7 +57,7 @@ def compress(
     *,
     eps: float | None = None,
     target: float | None = None,
-    method: str | Pruner = "coreset",
+    method: str | UnitScorer = "coreset",
     mode: str = "select",
     allocation: str = "uniform",
     metric: str = "params",
@@ -209,7 +209,7 @@ def _compress_once(
     *,
     eps: float | None,
     target: float | None,
-    method: str | Pruner,
+    method: str | UnitScorer,
     mode: str,
     allocation: str,
     metric: str,
@@ -406,7 +406,7 @@ def _plan(
 
 
 def _baseline_units(
-    opts: Options, pruner: Pruner, work: nn.Module, pairs: list[PrunablePair], units: list[int],
+    opts: Options, pruner: UnitScorer, work: nn.Module, pairs: list[PrunablePair], units: list[int],
     floors: list[int], cost: CostModel, example: torch.Tensor | None, round_to: int,
     progress: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
@@ -430,7 +430,7 @@ def _baseline_units(
 
 
 def _ranked(
-    pruner: Pruner,
+    pruner: UnitScorer,
     pairs: list[PrunablePair],
     scores: Sequence[torch.Tensor],
     alive: Sequence[torch.Tensor],

@@ -21,7 +21,7 @@ from coreprune.compress.allocate import ALLOCATIONS
 from coreprune.compress.choose import CHOICES, DEFAULT_RANK
 from coreprune.compress.cost import METRICS, Inputs, as_args
 from coreprune.coreset.sensitivity import METHODS as SENSITIVITY_METHODS
-from coreprune.scoring.base import Pruner
+from coreprune.scoring.base import UnitScorer
 from coreprune.scoring.random_pruner import Random
 from coreprune.scoring.registry import BASELINES, resolve_method
 from coreprune.torch_utils import eval_mode, model_device
@@ -46,14 +46,14 @@ class Options:
     delta: float
     generator: torch.Generator | None
     sensitivity: str
-    pruner: Pruner | None
+    pruner: UnitScorer | None
     compensate: str
     choice: str
     floor: float
     ridge: float
 
 
-def _resolve_baseline(method: object, generator: object) -> Pruner:
+def _resolve_baseline(method: object, generator: object) -> UnitScorer:
     if method == "random" and isinstance(generator, torch.Generator):
         return Random(generator)  # compress(generator=...) seeds the random baseline
     try:
@@ -61,7 +61,7 @@ def _resolve_baseline(method: object, generator: object) -> Pruner:
     except ValueError as err:
         if isinstance(method, str) and method not in BASELINES:
             raise ValueError(
-                f"method must be one of {('coreset', *BASELINES)} or a Pruner, got {method!r}"
+                f"method must be one of {('coreset', *BASELINES)} or a scorer, got {method!r}"
             ) from err
         raise
 

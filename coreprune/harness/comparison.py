@@ -40,19 +40,7 @@ from coreprune.harness.training import (
     set_seed,
 )
 from coreprune.methods.dpf import dpf_train
-from coreprune.methods.earlybird import BNScale
-from coreprune.scoring import (
-    SNIP,
-    GradNormIncrease,
-    GradNormPreservation,
-    GraSP,
-    LossPreservation,
-    Magnitude,
-    MagnitudeL2,
-    Pruner,
-    Random,
-    SynFlow,
-)
+from coreprune.scoring import UnitScorer, make_scorer, needs_data
 from coreprune.serialization import load_model, save_model
 
 __all__ = [
@@ -413,30 +401,30 @@ def _one_run(
     }  # fmt: skip
 
 
-def make_pruner(config: CompareConfig, method: str, train: DataLoader, seed: int) -> str | Pruner:
-    """The scoring rule a method name stands for in the comparison ("coreset" stays a name)."""
+def make_pruner(
+    config: CompareConfig, method: str, train: DataLoader, seed: int
+) -> str | UnitScorer:
+    """The scoring rule a method name stands for in the comparison ("coreset" stays a name).
+
+    Built by the library's one factory (`coreprune.scoring.make_scorer`); the comparison's own
+    settings are the options below.
+    """
     if method == "coreset":
         return "coreset"
-    if method == "magnitude":
-        return Magnitude()
+    data = train if needs_data(method) else None
+    options: dict[str, Any] = {}
     if method == "snip":
-        return SNIP(train, batch_size=min(config.snip_batch, len(train.dataset)))  # type: ignore[arg-type]
-    if method == "synflow":
-        return SynFlow(rounds=config.synflow_rounds)
-    if method == "random":
-        return Random(seed)
-    if method == "bn_scale":
-        return BNScale()
-    if method == "magnitude_l2":
-        return MagnitudeL2()
-    if method == "grasp":
-        return GraSP(train)  # 10 examples per class, temperature 200, as in the paper
-    flows = {"loss_preservation": LossPreservation, "gradnorm_preservation": GradNormPreservation,
-             "gradnorm_increase": GradNormIncrease}  # fmt: skip
-    if method in flows:  # a smaller sample than the measures' default 2560, to fit the CPU budget
-        size = min(512, len(train.dataset))  # type: ignore[arg-type]
-        return flows[method](train, samples=size, samples_per_class=None)
-    raise ValueError(f"unknown method {method!r}")
+        options["batch_size"] = min(config.snip_batch, len(train.dataset))  # type: ignore[arg-type]
+    elif method == "synflow":
+        options["rounds"] = config.synflow_rounds
+    elif method == "random":
+        options["seed"] = seed
+    elif method in ("loss_preservation", "gradnorm_preservation", "gradnorm_increase"):
+        # a smaller sample than the measures' default 2560, to fit the CPU budget
+        options.update(samples=min(512, len(train.dataset)), samples_per_class=None)  # type: ignore[arg-type]
+    scorer = make_scorer(method, data, **options)
+    assert isinstance(scorer, UnitScorer)
+    return scorer
 
 
 def _dense(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,8 +37,7 @@ from coreprune.methods.spline_code import (
     sign_chunks,
     spline_grid,
 )
-from coreprune.scoring.base import Pruner
-from coreprune.scoring.gates import UnitGates
+from coreprune.scoring.bn_scale import BNScale
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs, validate_pairs
 from coreprune.torch_utils import model_device, module_weight
@@ -346,40 +345,3 @@ class SplineEarlyBird(_WindowDetector):
 
 # --------------------------------------------------------------------------------------------
 # Unit scores for compress
-
-
-class BNScale(Pruner):
-    """Network-slimming / early-bird unit score: |gamma| of the batch norm after the producer.
-
-    Unit-level only: a batch-norm scale belongs to a whole channel, so there is no per-weight
-    form (`weight_scores` raises); use it with `coreprune.compress(..., method=BNScale())`.
-    """
-
-    name: ClassVar[str] = "bn_scale"
-
-    def weight_scores(
-        self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
-    ) -> dict[str, torch.Tensor]:
-        raise NotImplementedError(
-            "BNScale scores whole channels (one gamma per channel), not single weights; use "
-            "coreprune.compress(model, target=..., method=BNScale()) or bn_channel_mask"
-        )
-
-    def unit_scores(
-        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        scores = []
-        for pair, norm in zip(gates.pairs, gates.norms, strict=True):
-            if norm is None:
-                raise ValueError(
-                    f"producer {pair.producer!r} has no batch norm after it, so BNScale has no "
-                    "gamma to score it by; pass compress pairs= without it (see bn_pairs)"
-                )
-            gamma = getattr(norm, "weight", None)
-            if gamma is None:
-                raise ValueError(
-                    f"batch norm {pair.norm!r} (after {pair.producer!r}) has affine=False, so no "
-                    "gamma; build it with affine=True"
-                )
-            scores.append(gamma.detach().abs().double())
-        return scores

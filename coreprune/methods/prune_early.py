@@ -23,8 +23,8 @@ from coreprune.checks import check_choice, check_fraction, check_int, check_modu
 from coreprune.compress import CompressReport, compress
 from coreprune.harness.training import TrainHistory, evaluate, fit, set_seed
 from coreprune.scoring.base import Pruner
-from coreprune.scoring.gradflow import _DATA_DRIVEN, GRADFLOW_MEASURES
-from coreprune.scoring.registry import resolve_method
+from coreprune.scoring.gradflow import GRADFLOW_MEASURES
+from coreprune.scoring.registry import SCORERS, make_scorer, resolve_method
 from coreprune.surgery.graph import PrunablePair
 from coreprune.torch_utils import eval_mode, model_device
 
@@ -262,18 +262,18 @@ def loss_and_grad_norm(
 def _pruner_factory(
     method: object, options: dict[str, Any] | None
 ) -> Callable[[DataLoader], Pruner]:
-    if options is not None and not (isinstance(method, str) and method in _DATA_DRIVEN):
+    data_driven = sorted(name for name, cls in SCORERS.items() if cls.needs_data)
+    if options is not None and not (isinstance(method, str) and method in data_driven):
         raise ValueError(
             f"method_options apply to a data-driven method named by string "
-            f"({sorted(_DATA_DRIVEN)}); for anything else build the Pruner yourself"
+            f"({data_driven}); for anything else build the Pruner yourself"
         )
     kwargs = dict(options or {})
     if isinstance(method, Pruner):
         return lambda _loader: method
     if isinstance(method, str):
-        if method in _DATA_DRIVEN:
-            cls = _DATA_DRIVEN[method]
-            return lambda loader: cls(loader, **kwargs)
+        if method in data_driven:
+            return lambda loader: cast(Pruner, make_scorer(method, loader, **kwargs))
         if method in GRADFLOW_MEASURES:
             return lambda _loader: GRADFLOW_MEASURES[method]()
 

@@ -5,7 +5,8 @@ Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scor
 `coreprune.compress(method=...)`, physical removal). Definitions: docs/baselines.md.
 """
 
-from .base import Pruner
+from .base import Pruner, UnitScorer, WeightScorer
+from .bn_scale import BNScale
 from .data import labelled_batch
 from .gates import UnitGates
 from .gradflow import (
@@ -20,14 +21,16 @@ from .grasp import GraSP, class_balanced_batch, hessian_gradient
 from .magnitude import Magnitude
 from .masks import MaskResult, prune_weights, select_mask
 from .random_pruner import Random
-from .registry import BASELINES, resolve_method
+from .registry import BASELINES, SCORERS, make_scorer, needs_data, resolve_method
 from .snip import SNIP
 from .synflow import SynFlow
 
 __all__ = [
     "BASELINES",
     "GRADFLOW_MEASURES",
+    "SCORERS",
     "SNIP",
+    "BNScale",
     "GraSP",
     "GradFlow",
     "GradNormIncrease",
@@ -40,9 +43,13 @@ __all__ = [
     "Random",
     "SynFlow",
     "UnitGates",
+    "UnitScorer",
+    "WeightScorer",
     "class_balanced_batch",
     "hessian_gradient",
     "labelled_batch",
+    "make_scorer",
+    "needs_data",
     "prune_weights",
     "resolve_method",
     "select_mask",

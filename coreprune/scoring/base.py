@@ -17,14 +17,37 @@ from coreprune.checks import check_int
 
 from .gates import UnitGates
 
-__all__ = ["Pruner"]
+__all__ = ["Pruner", "UnitScorer", "WeightScorer"]
 
 
-class Pruner(ABC):
-    """A scoring rule. `rounds` > 1 means the loop re-scores that many times on an exponential
-    schedule (SynFlow's iterative pruning); pruned weights/units then stay pruned."""
+class UnitScorer(ABC):
+    """Scores units (output rows / filters) for physical removal: `coreprune.compress`.
+
+    `rounds` > 1 means the loop re-scores that many times on an exponential schedule
+    (SynFlow's iterative pruning); pruned units then stay pruned. `needs_data` records whether
+    the method must be built with labelled data (e.g. `SNIP(loader)`), so a bare name cannot
+    stand for it.
+    """
 
     name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
+    rounds: int = 1
+
+    @abstractmethod
+    def unit_scores(
+        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """One score per producer unit of each gated pair (pruned units have gate 0)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class WeightScorer(ABC):
+    """Scores single weights for masks: `coreprune.scoring.prune_weights`."""
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False
     rounds: int = 1
 
     @abstractmethod
@@ -36,14 +59,15 @@ class Pruner(ABC):
         `model` is a working copy whose pruned weights are already zero; it may be modified.
         """
 
-    @abstractmethod
-    def unit_scores(
-        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        """One score per producer unit of each gated pair (pruned units have gate 0)."""
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class Pruner(UnitScorer, WeightScorer):
+    """A scoring rule with both forms, per weight and per unit (every classic baseline).
+
+    Higher scores are kept. Budgets, tie-breaking and surgery are shared by every method.
+    """
 
 
 def check_shape(value: object, name: str) -> tuple[int, ...]:

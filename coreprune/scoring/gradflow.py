@@ -35,14 +35,12 @@ from .base import Pruner
 from .data import labelled_batch
 from .gates import UnitGates
 from .grasp import (
-    GraSP,
     check_data,
     check_temperature,
     class_balanced_batch,
     hessian_gradient,
     output_width,
 )
-from .snip import SNIP
 
 __all__ = [
     "GRADFLOW_MEASURES",
@@ -215,6 +213,7 @@ class LossPreservation(GradFlow):
     measure ("loss_based"). Per weight both are |theta * g|. Temperature 1: the training loss."""
 
     name: ClassVar[str] = "loss_preservation"
+    needs_data: ClassVar[bool] = True
     signal: ClassVar[str] = "g"
 
     def __init__(self, data: object = None, *, form: str = "paper", **kwargs: Any) -> None:
@@ -234,6 +233,7 @@ class GradNormIncrease(GradFlow):
     GraSP applied to filters (the paper's "GraSP" measure)."""
 
     name: ClassVar[str] = "gradnorm_increase"
+    needs_data: ClassVar[bool] = True
     signal: ClassVar[str] = "hg"
     default_temperature: ClassVar[float] = 200.0
 
@@ -247,6 +247,7 @@ class GradNormPreservation(GradFlow):
     changes the gradient norm least. Temperature 1, as the paper's code uses for it."""
 
     name: ClassVar[str] = "gradnorm_preservation"
+    needs_data: ClassVar[bool] = True
     signal: ClassVar[str] = "hg"
 
     def combine(self, theta: torch.Tensor, signal: torch.Tensor, dim: int | None) -> torch.Tensor:
@@ -256,13 +257,6 @@ class GradNormPreservation(GradFlow):
 
 GRADFLOW_MEASURES: dict[str, type[GradFlow]] = {
     cls.name: cls for cls in (MagnitudeL2, LossPreservation, GradNormIncrease, GradNormPreservation)
-}
-_DATA_DRIVEN: dict[str, Callable[..., Pruner]] = {
-    "loss_preservation": LossPreservation,
-    "gradnorm_increase": GradNormIncrease,
-    "gradnorm_preservation": GradNormPreservation,
-    "grasp": GraSP,
-    "snip": SNIP,
 }
 
 

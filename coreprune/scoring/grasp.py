@@ -62,6 +62,7 @@ class GraSP(Pruner):
     """
 
     name: ClassVar[str] = "grasp"
+    needs_data: ClassVar[bool] = True
 
     def __init__(
         self,

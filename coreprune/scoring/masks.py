@@ -18,7 +18,7 @@ from torch.nn.utils import prune as torch_prune
 from coreprune.checks import check_bool, check_choice, check_fraction, check_module
 from coreprune.torch_utils import module_weight
 
-from .base import Pruner
+from .base import WeightScorer
 from .registry import resolve_method
 
 __all__ = ["MaskResult", "layer_names", "prune_weights", "select_mask"]
@@ -54,7 +54,7 @@ class MaskResult:
 
 def prune_weights(
     model: nn.Module,
-    method: str | Pruner,
+    method: str | WeightScorer,
     sparsity: float,
     *,
     scope: str = "global",
@@ -70,7 +70,7 @@ def prune_weights(
     density_k = (1 - sparsity) ** (k / rounds). `model` is not modified.
     """
     check_module(model, "model")
-    pruner = resolve_method(method)
+    pruner = resolve_method(method, kind="weight")
     sparsity = check_fraction(sparsity, "sparsity", low_open=False, high_open=True)
     check_choice(scope, SCOPES, "scope")
     check_bool(allow_collapse, "allow_collapse")

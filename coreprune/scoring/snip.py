@@ -35,6 +35,7 @@ class SNIP(Pruner):
     """
 
     name: ClassVar[str] = "snip"
+    needs_data: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ from coreprune.methods.earlybird import (
     spline_grid,
 )
 from coreprune.methods.tickets import train_early_bird
-from coreprune.scoring import UnitGates
+from coreprune.scoring import UnitGates, prune_weights
 from coreprune.surgery.graph import find_prunable_pairs
 
 
@@ -287,8 +287,9 @@ def test_bn_scale_scores_units_by_gamma_and_needs_batch_norm() -> None:
     kept = [g[i] for g, row in zip(gammas, result.report, strict=True) for i in row.keep.tolist()]
     removed = sorted({g for layer in gammas for g in layer} - set(kept))
     assert removed and max(removed) < min(kept)  # one global |gamma| ranking, lowest removed
-    with pytest.raises(NotImplementedError, match="channels"):
-        BNScale().weight_scores(model, ["0"], None)
+    assert not hasattr(BNScale(), "weight_scores")  # a unit scorer only: no per-weight form
+    with pytest.raises(TypeError, match="no weight form"):
+        prune_weights(model, BNScale(), 0.5)
     plain = _convnet(norm=False)
     plain_pairs, _ = find_prunable_pairs(plain)
     with pytest.raises(ValueError, match="'0' has no batch norm"):
