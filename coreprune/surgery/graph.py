@@ -529,8 +529,8 @@ def _set_activation(path: _Path, user: fx.Node, act: Activation) -> str | None:
         )
     if not act.covered:
         return (
-            f"activation not certifiable: activation {act} ({user.name!r}) is not covered: "
-            f"{act.reason}"
+            f"activation not certifiable: activation {act} is not covered: {act.reason} "
+            f"(at {user.name!r})"
         )
     if path.flatten:
         return f"activation {user.name!r} comes after the flatten; put it before"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 import math
 
 import pytest
@@ -149,7 +150,7 @@ def test_conv_bn_pool_view_flatten() -> None:
         lambda x: nn.functional.dropout(x.contiguous(), 0.1).view(x.size()[0], -1),
     ],
 )
-def test_flatten_spellings(flatten) -> None:
+def test_flatten_spellings(flatten: Callable[[torch.Tensor], torch.Tensor]) -> None:
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -173,8 +174,8 @@ def test_residual_add_and_concat_are_blocked() -> None:
     assert "2 users" in _reason(blocked, "stem")
     assert "final layer" in _reason(blocked, "head")
 
-    model = Concat()
-    pairs, blocked = find_prunable_pairs(model)
+    concat = Concat()
+    pairs, blocked = find_prunable_pairs(concat)
     assert pairs == []
     assert "concatenation" in _reason(blocked, "a") and "concatenation" in _reason(blocked, "b")
 
@@ -238,7 +239,7 @@ def test_grouped_convolutions_are_blocked_with_groups() -> None:
         (lambda x: x[:, :3], "getitem"),
     ],
 )
-def test_unsupported_op_is_named(op, needle: str) -> None:
+def test_unsupported_op_is_named(op: Callable[[torch.Tensor], torch.Tensor], needle: str) -> None:
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -341,7 +342,7 @@ def test_functional_activation_parameters_are_read() -> None:
             x = F.gelu(self.fc1(x), approximate="tanh")
             x = F.hardtanh(self.fc2(x), -0.5, 0.5)
             x = F.elu(self.fc3(x), alpha=2.0)
-            return self.fc5(F.leaky_relu(self.fc4(x), x.mean()))
+            return self.fc5(F.leaky_relu(self.fc4(x), x.mean()))  # type: ignore[arg-type]
 
     pairs, blocked = find_prunable_pairs(Functional())
     assert [(p.producer, p.activation) for p in pairs] == [

@@ -1,0 +1,306 @@
+"""A pre-norm transformer block in plain PyTorch: its FFN is the one prunable pair.
+
+Covers nn.Linear and HF-style Conv1D feed-forward layers, exact and tanh GELU, hand-written and
+nn.MultiheadAttention attention; pair discovery, the registry's Conv1D entry (units, slicing,
+cost), exactness at zero pruning, masking vs physical removal, and `compress` end to end.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import coreprune
+from coreprune.compress import CostModel, PairCut, apply_plan, count_macs, count_params
+from coreprune.compress.cost import module_macs
+from coreprune.surgery.activations import Activation
+from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
+from coreprune.surgery.registry import layer_kind
+from coreprune.surgery.slicing import slice_consumer, slice_producer
+from coreprune.surgery.units import layer_units, next_weights
+
+D, HIDDEN, HEADS, BATCH, TOKENS = 8, 24, 2, 3, 5
+
+
+class Conv1D(nn.Module):
+    """What HF transformers' Conv1D (GPT-2) is: a Linear with its weight stored (nx, nf)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) / math.sqrt(nx))
+        self.bias = nn.Parameter(0.1 * torch.randn(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size_out = (*x.size()[:-1], self.nf)
+        x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return x.view(size_out)
+
+
+class Block(nn.Module):
+    """LayerNorm -> attention -> residual add; LayerNorm -> fc1 -> GELU -> dropout -> fc2 ->
+    dropout -> residual add."""
+
+    def __init__(self, conv1d: bool = False, approximate: str = "tanh", mha: bool = False) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.attn = nn.MultiheadAttention(D, HEADS, batch_first=True) if mha else None
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+        self.fc1: nn.Module = Conv1D(HIDDEN, D) if conv1d else nn.Linear(D, HIDDEN)
+        self.act = nn.GELU(approximate=approximate)
+        self.drop = nn.Dropout(0.1)
+        self.fc2: nn.Module = Conv1D(D, HIDDEN) if conv1d else nn.Linear(HIDDEN, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln1(x)
+        if self.attn is not None:
+            a, _ = self.attn(y, y, y, need_weights=False)
+        else:
+            b, t, c = y.shape
+            q = self.q(y).view(b, t, HEADS, c // HEADS).transpose(1, 2)
+            k = self.k(y).view(b, t, HEADS, c // HEADS).transpose(1, 2)
+            v = self.v(y).view(b, t, HEADS, c // HEADS).transpose(1, 2)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(c // HEADS)
+            a = self.o((att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, c))
+        x = x + a
+        return x + self.drop(self.fc2(self.drop(self.act(self.fc1(self.ln2(x))))))
+
+
+class Model(nn.Module):
+    """Two blocks, so a residual stream runs between prunable FFNs."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(Block(**kwargs), Block(**kwargs))  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+VARIANTS = [
+    {"conv1d": False, "approximate": "tanh", "mha": False},
+    {"conv1d": False, "approximate": "none", "mha": True},
+    {"conv1d": True, "approximate": "tanh", "mha": False},
+    {"conv1d": True, "approximate": "none", "mha": True},
+]
+
+
+def _model(seed: int = 0, **kwargs: object) -> Model:
+    torch.manual_seed(seed)
+    return Model(**kwargs).eval()
+
+
+def _x(seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return torch.randn(BATCH, TOKENS, D)
+
+
+def _reason(blocked: list, name: str) -> str:
+    return next(b.reason for b in blocked if b.name == name)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- pair discovery
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_the_ffn_is_the_only_pair(variant: dict) -> None:
+    model = _model(**variant)
+    pairs, blocked = find_prunable_pairs(model)
+    act = Activation("gelu", approximate=variant["approximate"])
+    assert [(p.producer, p.consumer, p.activation, p.norm) for p in pairs] == [
+        (f"blocks.{i}.fc1", f"blocks.{i}.fc2", act, None) for i in (0, 1)
+    ]
+    for i in (0, 1):
+        assert "residual add" in _reason(blocked, f"blocks.{i}.fc2")
+        if variant["mha"]:
+            assert "runs inside 'blocks.0.attn'" in _reason(blocked, "blocks.0.attn.out_proj")
+        else:
+            for proj in ("q", "k", "v"):
+                assert "splitting attention heads" in _reason(blocked, f"blocks.{i}.{proj}")
+            assert "residual add" in _reason(blocked, f"blocks.{i}.o")
+
+
+def test_an_uncovered_ffn_activation_is_blocked() -> None:
+    model = _model()
+    for block in model.blocks:
+        block.act = nn.SELU()
+    pairs, blocked = find_prunable_pairs(model)
+    assert pairs == []
+    assert "selu is not covered" in _reason(blocked, "blocks.0.fc1")
+
+
+# ----------------------------------------------------------------------------- Conv1D entry
+
+
+def test_conv1d_registry_entry_matches_the_equivalent_linear() -> None:
+    torch.manual_seed(0)
+    conv = Conv1D(HIDDEN, D)
+    linear = nn.Linear(D, HIDDEN)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.T)
+        linear.bias.copy_(conv.bias)
+    kind = layer_kind(conv)
+    assert kind is not None and kind is not layer_kind(linear)
+    assert (kind.out_units(conv), kind.in_units(conv)) == (HIDDEN, D)
+    counts = (kind.weights_per_pair(conv), kind.inputs_per_output(conv), kind.bias_params(conv))
+    assert counts == (1, D, 1)
+    assert kind.unsupported(conv) is None
+    assert torch.equal(layer_units(conv), layer_units(linear))  # type: ignore[arg-type]
+    assert torch.equal(next_weights(conv, D), next_weights(linear, D))  # type: ignore[arg-type]
+    reading = next_weights(conv, D)  # type: ignore[arg-type]
+    assert torch.equal(kind.weight_from_reading(conv, reading), conv.weight.double())
+    keep = torch.tensor([0, 3, 5])
+    scale = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    x = torch.randn(7, D)
+    out_conv = slice_producer(conv, keep)(x)  # type: ignore[arg-type]
+    assert torch.allclose(out_conv, linear(x)[:, keep], atol=1e-6, rtol=0)
+    assert slice_producer(conv, keep).nf == 3  # type: ignore[arg-type]
+    h = torch.randn(7, D)
+    reader = slice_consumer(conv, D, keep, scale)  # type: ignore[arg-type]
+    expected = torch.addmm(conv.bias, h[:, keep] * scale.float(), conv.weight[keep])
+    assert torch.allclose(reader(h[:, keep]), expected, atol=1e-6)
+    assert conv.weight.shape == (D, HIDDEN) and conv.nf == HIDDEN  # the input is untouched
+
+
+def test_a_module_named_conv1d_needs_the_conv1d_shapes() -> None:
+    class Conv1D(nn.Module):  # the name is the point
+        def __init__(self) -> None:
+            super().__init__()
+            self.nf = 4
+            self.weight = nn.Parameter(torch.zeros(4, 3))  # (nf, nx): not HF's layout
+
+    assert layer_kind(Conv1D()) is None
+    assert layer_kind(nn.Conv1d(3, 4, 1)) is None
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_costs_count_conv1d_like_linear(conv1d: bool) -> None:
+    model = _model(conv1d=conv1d)
+    x = _x()
+    pairs, _ = find_prunable_pairs(model)
+    macs = module_macs(model, (x,))
+    assert macs["blocks.0.fc1"] == BATCH * TOKENS * D * HIDDEN
+    assert macs["blocks.0.fc2"] == BATCH * TOKENS * HIDDEN * D
+    assert macs["__total__"] == count_macs(model, x)
+    keeps = [5, 11]
+    cuts = [PairCut(torch.arange(k)) for k in keeps]
+    small = apply_plan(model, pairs, cuts)
+    for metric, measure in (("params", count_params), ("macs", lambda m: count_macs(m, x))):
+        cost = CostModel.build(model, pairs, metric, x)
+        assert cost.cost(None) == measure(model)
+        assert cost.cost(keeps) == measure(small)
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_zero_pruning_is_exact(variant: dict) -> None:
+    model = _model(**variant)
+    pairs, _ = find_prunable_pairs(model)
+    same = apply_plan(model, pairs, [PairCut(torch.arange(HIDDEN)) for _ in pairs])
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
+
+
+def _gated(model: nn.Module, pairs: list[PrunablePair], cuts: list[PairCut]) -> nn.Module:
+    """`model` with each pair's hidden units multiplied by 0 (removed) or their scale (kept),
+    by a hook on the activation: what physical removal must reproduce."""
+    handles = []
+    for pair, cut in zip(pairs, cuts, strict=True):
+        gate = torch.zeros(HIDDEN)
+        gate[cut.keep] = 1.0 if cut.scale is None else cut.scale.float()
+        act = model.get_submodule(pair.producer.replace("fc1", "act"))
+        handles.append(act.register_forward_hook(lambda _m, _i, out, g=gate: out * g))
+    return model
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_masking_equals_removal(variant: dict) -> None:
+    model = _model(**variant)
+    pairs, _ = find_prunable_pairs(model)
+    g = torch.Generator().manual_seed(3)
+    cuts = [
+        PairCut(torch.randperm(HIDDEN, generator=g)[:9].sort().values),
+        PairCut(torch.tensor([1, 4, 7, 20]), torch.tensor([0.5, 2.0, 1.0, 3.0])),
+    ]
+    small = apply_plan(model, pairs, cuts)
+    x = _x()
+    with torch.no_grad():
+        expected = _gated(model, pairs, cuts)(x)
+        got = small(x)
+    assert count_params(small.get_submodule("blocks.0.fc1")) == 9 * D + 9
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- compress
+
+
+def _check_result(model: nn.Module, result: coreprune.CompressResult, x: torch.Tensor) -> None:
+    report = result.report
+    with torch.no_grad():
+        assert result.model(x).shape == model(x).shape
+    assert report.params_before == count_params(model)
+    assert report.params_after == count_params(result.model)
+    assert report.params_after < report.params_before
+    for row in report.rows:
+        producer = result.model.get_submodule(row.producer)
+        consumer = result.model.get_submodule(row.consumer)
+        kind, ckind = layer_kind(producer), layer_kind(consumer)
+        assert kind is not None and ckind is not None
+        assert kind.out_units(producer) == ckind.in_units(consumer) == row.units_after
+        recount = sum(p.numel() for m in (producer, consumer) for p in m.parameters(recurse=False))
+        assert row.params_after == recount
+    assert [r.producer for r in report.rows] == ["blocks.0.fc1", "blocks.1.fc1"]
+
+
+LINEAR_VARIANTS = [v for v in VARIANTS if not v["conv1d"]]
+CONV1D_VARIANTS = [v for v in VARIANTS if v["conv1d"]]
+_CONV1D_IN_COMPRESS = pytest.mark.xfail(
+    strict=True,
+    raises=(IndexError, AssertionError, RuntimeError, ValueError),
+    reason="compress/choose.py and scoring/gates.py read a producer's units as weight.shape[0] "
+    "(Conv1D: weight.shape[1]); see the registry's out_units",
+)
+
+
+@pytest.mark.parametrize("method", ["coreset", "magnitude"])
+@pytest.mark.parametrize(
+    "variant",
+    [*LINEAR_VARIANTS, *(pytest.param(v, marks=_CONV1D_IN_COMPRESS) for v in CONV1D_VARIANTS)],
+    ids=str,
+)
+def test_compress_prunes_the_ffns(variant: dict, method: str) -> None:
+    model = _model(**variant)
+    x = _x()
+    result = coreprune.compress(
+        model, target=0.3, pairs=None, method=method, example_input=x, progress=False
+    )
+    _check_result(model, result, x)
+    for name, param in model.named_parameters():  # the caller's model is untouched
+        assert param.shape == dict(_model(**variant).named_parameters())[name].shape
+
+
+@pytest.mark.parametrize("variant", LINEAR_VARIANTS, ids=str)
+def test_compress_without_rewiring_is_the_masked_dense_model(variant: dict) -> None:
+    model = _model(**variant)
+    x = _x()
+    result = coreprune.compress(
+        model, target=0.3, method="coreset", compensate="none", progress=False
+    )
+    pairs, _ = find_prunable_pairs(model)
+    rows = {r.producer: r for r in result.report.rows}
+    cuts = [PairCut(rows[p.producer].keep, rows[p.producer].scale) for p in pairs]
+    with torch.no_grad():
+        expected = _gated(model, pairs, cuts)(x)
+        got = result.model(x)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
