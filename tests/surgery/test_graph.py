@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
