@@ -418,7 +418,9 @@ def _ellipsoid_from_design(
     cov = zc[sup].T @ (zc[sup] * u[sup, None])
     chol = torch.linalg.cholesky(cov)
     w = torch.linalg.solve_triangular(chol, zc.T, upper=False)
-    big_k = float((w * w).sum(dim=0).max())
+    # big_k >= r exactly (the u-weighted mean of the squared norms is r); a value a few ulps
+    # below r is rounding, and rounding it up only shrinks the John ellipsoid (conservative).
+    big_k = max(float((w * w).sum(dim=0).max()), float(r))
     # Map back from whitened coordinates: y = z * (s / sqrt(n)).
     dscale = s / math.sqrt(n)
     check_spread(dscale)
