@@ -27,13 +27,13 @@ import copy
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
 from coreprune.checks import (
     check_bool,
@@ -52,8 +52,8 @@ from coreprune.compress import (
     count_params,
 )
 from coreprune.compress.cost import removed_fraction
-from coreprune.harness.training import set_seed
-from coreprune.harness.training.schedules import lr_factor
+from coreprune.harness.training import TrainHistory, fit, set_seed
+from coreprune.harness.training.schedules import Schedule
 from coreprune.scoring.masks import layer_names, select_mask
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
 from coreprune.torch_utils import (
@@ -61,8 +61,6 @@ from coreprune.torch_utils import (
     model_device,
     module_weight,
     resolve_device,
-    restore_flags,
-    training_flags,
 )
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
@@ -183,9 +181,14 @@ def dpf_train(
     on the cubic schedule between the fractions `ramp` = (start, end) of all steps; the mask is
     recomputed every `update_every` steps and once more after the last step, at `target`. In
     structured mode the schedule counts units: pair i masks round(s_t / target * (n_i - k_i)) of
-    its n_i units, k_i being compress's final count. SGD with `momentum`, `weight_decay` (on the
-    dense weights) and `schedule` ("cosine", "step" or "constant", as in `fit`). `loss(outputs,
-    labels)` is the training loss. `device` None: CUDA when available. `progress`: a bar over
+    its n_i units, k_i being compress's final count.
+
+    Training runs through `coreprune.harness.training.fit` (float32, one process): SGD with
+    `momentum`, `nesterov`, `weight_decay` (on the dense weights) and `schedule` ("cosine",
+    "step" at 50% and 75% of the epochs, or "constant"), set per step; its `step_hook` updates
+    the mask and wraps each forward and backward pass in the pruned model. `seed` seeds the
+    global RNGs once, before the copy is made. `loss(outputs, labels)` is the training loss; a
+    non-finite value stops training at that step (FloatingPointError). `device` None: CUDA when available. `progress`: a bar over
     the steps. `model` is not modified.
     """
 
@@ -211,50 +214,32 @@ def dpf_train(
         if structured
         else _WeightMasker(work, layers, scope, allow_collapse)
     )
-    params = [p for p in work.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters")
-    optimizer = torch.optim.SGD(
-        params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
-    )
     history = DPFHistory()
-    flags = training_flags(work)
-    step = 0
-    bar = tqdm(total=total, desc="DPF", unit="step", disable=not progress)
-    for epoch in range(epochs):
-        work.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for batch in train_loader:
-            if step % update_every == 0:
-                history.updates.append(masker.update(step, sparsity(step)))
-            rate = lr * lr_factor(schedule, step, total, epoch=epoch, epochs=epochs)  # type: ignore[arg-type]
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            x, y = _unpack(batch, target_device)
-            with masker.pruned():  # forward and backward at m ⊙ w ...
-                outputs = work(x)
-                value = loss(outputs, y)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"DPF training loss became {float(value)}; lower lr")
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-            optimizer.step()  # ... and the step on the dense w
-            loss_sum += float(value.detach()) * len(y)
-            if outputs.ndim == 2 and not y.is_floating_point():
-                correct += int((outputs.detach().argmax(1) == y).sum())
-            seen += len(y)
-            step += 1
-            bar.update(1)
-        history.train_loss.append(loss_sum / seen)
-        history.train_accuracy.append(correct / seen)
-        history.lr.append(optimizer.param_groups[0]["lr"])
+
+    def before_step(step: int, _model: nn.Module) -> Any:
+        """Recompute the mask every `update_every` steps; the step then runs forward and
+        backward at m ⊙ w, and fit applies the update to the dense w after leaving."""
+        if step % update_every == 0:
+            history.updates.append(masker.update(step, sparsity(step)))
+        return masker.pruned()
+
+    def after_epoch(_epoch: int, _model: nn.Module, _fit: TrainHistory) -> None:
         if val_loader is not None:
             numbers = masker.evaluate(val_loader, loss, target_device)
             history.val_loss.append(numbers[0])
             history.val_accuracy.append(numbers[1])
-    bar.close()
+
+    trained = fit(  # the lr schedule, SGD and loop are fit's; float32, one process, as in the paper
+        work, cast(DataLoader, train_loader), epochs=epochs, lr=lr, momentum=momentum,
+        nesterov=nesterov, weight_decay=weight_decay, schedule=cast(Schedule, schedule),
+        device=target_device, amp=False,
+        progress=progress, distributed=False, loss=_finite(loss), step_hook=before_step,
+        on_epoch_end=after_epoch,
+    )  # fmt: skip
+    history.train_loss = list(trained.train_loss)
+    history.train_accuracy = list(trained.train_accuracy)
+    history.lr = list(trained.lr)
     history.updates.append(masker.update(total, sparsity(total)))
-    restore_flags(work, flags)
     out, masks, report = masker.finish()
     return DPFResult(out, masks, structured, float(target), history, report)
 
@@ -537,6 +522,18 @@ def _check(
 def _check_sparsity(value: object, name: str) -> float:
     """A sparsity: the fraction in [0, 1) of weights (or params) to mask."""
     return check_fraction(value, name, low_open=False, high_open=True)
+
+
+def _finite(loss: Loss) -> Loss:
+    """`loss` checked at every step, so a diverging run stops at the step it diverges."""
+
+    def checked(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        value = loss(outputs, labels)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"DPF training loss became {float(value)}; lower lr")
+        return value
+
+    return checked
 
 
 def _unpack(batch: object, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Training utilities: ``fit`` (SGD + Nesterov, cosine/step schedule, CUDA AMP when
 available, checkpoint/resume, DDP under torchrun), ``evaluate``, ``set_seed`` and per-model
-``RECIPES``; ``model_kwargs`` sizes a zoo model for a dataset and ``recalibrated_copy``
+``RECIPES``; ``fit``'s ``step_hook`` lets a method that prunes while it trains (DPF) change
+what each step computes; ``model_kwargs`` sizes a zoo model for a dataset and ``recalibrated_copy``
 re-estimates batch-norm statistics after pruning."""
 
 from .batchnorm import recalibrated_copy
@@ -11,13 +12,15 @@ from .model_args import build_for_dataset, default_image_size, model_kwargs
 from .recipes import RECIPES, Recipe, recipe
 from .schedules import SCHEDULES, lr_factor
 from .seeding import epoch_seed, set_seed
-from .trainer import EpochCallback, fit
+from .trainer import EpochCallback, Loss, StepHook, fit
 
 __all__ = [
     "RECIPES",
     "SCHEDULES",
     "EpochCallback",
+    "Loss",
     "Recipe",
+    "StepHook",
     "TrainHistory",
     "build_for_dataset",
     "default_image_size",

@@ -1,6 +1,7 @@
-"""One SGD trainer for training from scratch and for fine-tuning after pruning: Nesterov
-momentum, cosine or step schedule, CUDA with mixed precision and channels-last when a GPU is
-present, plain float32 on CPU, checkpoint/resume, and DDP under torchrun."""
+"""One SGD trainer for training from scratch, for fine-tuning after pruning and for methods that
+prune while they train: Nesterov momentum, cosine or step schedule, CUDA with mixed precision
+and channels-last when a GPU is present, plain float32 on CPU, checkpoint/resume, DDP under
+torchrun, and a per-step hook through which such a method changes what each step computes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from coreprune.torch_utils import restore_flags, training_flags
 
 from ._device import unpack_batch
 from .checkpoint import (
@@ -34,9 +37,15 @@ from .schedules import Schedule
 from .seeding import epoch_seed, restore_rng, rng_snapshot, seed_epoch
 from .settings import TrainSettings
 
-__all__ = ["EpochCallback", "TrainHistory", "fit"]
+__all__ = ["EpochCallback", "Loss", "StepHook", "TrainHistory", "fit"]
 
 EpochCallback = Callable[[int, nn.Module, TrainHistory], Any]
+StepHook = Callable[[int, nn.Module], AbstractContextManager[Any] | None]
+"""``hook(step, model)`` runs before optimiser step ``step`` (0-based, counted over the whole
+run); a returned context manager wraps that step's forward pass and backward pass, but not the
+optimiser update."""
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(outputs, targets)``: a scalar tensor to minimise, averaged over the batch."""
 
 
 def _amp_settings(device: torch.device, amp: bool | None) -> tuple[bool, torch.dtype | None]:
@@ -83,8 +92,25 @@ def _reseed_epoch(seed: int | None, epoch: int, loader: Iterable[Any], rank: int
         set_epoch(epoch)
 
 
+def _step_context(
+    hook: StepHook | None, step: int, model: nn.Module
+) -> AbstractContextManager[Any]:
+    """The context the step hook asks for (none when there is no hook or it returns None)."""
+    if hook is None:
+        return nullcontext()
+    context = hook(step, model)
+    if context is None:
+        return nullcontext()
+    if not (hasattr(context, "__enter__") and hasattr(context, "__exit__")):
+        raise TypeError(
+            f"step_hook must return a context manager or None, got {type(context).__name__}"
+        )
+    return context
+
+
 def _train_epoch(
     net: nn.Module,
+    model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -93,9 +119,12 @@ def _train_epoch(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     bar: tqdm,
+    loss_fn: Loss,
+    step_hook: StepHook | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One pass over ``loader``; returns (loss sum, correct, seen) on ``device`` and the
-    step counter after the epoch."""
+    step counter after the epoch. Accuracy counts only batches whose outputs are class scores
+    (2-d) and whose targets are class indices; other batches add nothing to ``correct``."""
     channels_last = device.type == "cuda"
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -109,15 +138,17 @@ def _train_epoch(
             if autocast_dtype is not None
             else nullcontext()
         )
-        with autocast:
-            logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        with _step_context(step_hook, step, model):
+            with autocast:
+                logits = net(x)
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
+        if logits.ndim == 2 and not y.is_floating_point():
+            correct += (logits.detach().argmax(dim=1) == y).sum()
         seen += len(y)
         step += 1
         bar.update(1)
@@ -147,12 +178,15 @@ def fit(
     seed: int | None = None,
     on_epoch_end: EpochCallback | None = None,
     distributed: bool | None = None,
+    loss: Loss | None = None,
+    step_hook: StepHook | None = None,
 ) -> TrainHistory:
-    """Train ``model`` in place with SGD on cross-entropy and return its history.
+    """Train ``model`` in place with SGD on cross-entropy (or ``loss``) and return its history.
 
     Training is the point, so the model's weights change, and it is moved to ``device``
     (default: CUDA if available, else CPU); on CUDA it also switches to channels-last memory
-    format and mixed precision (``amp``). Its train/eval mode is restored at the end.
+    format and mixed precision (``amp``). Every submodule's train/eval flag is restored at the
+    end (a frozen batch norm inside a training model stays frozen).
 
     - ``schedule``: "cosine" (per step, to zero), "step" (times ``gamma`` at each fraction of
       ``epochs`` in ``milestones``) or "constant" (fine-tuning); the first ``warmup_epochs``
@@ -171,6 +205,15 @@ def fit(
       started several processes; True requires that; False never. Under DDP each rank uses
       the loader's batch size on its shard of the data; rank 0 alone writes checkpoints and
       shows progress.
+    - ``loss(outputs, targets)``: the training loss (default ``F.cross_entropy``), given
+      float32 outputs. Validation still reports cross-entropy and accuracy.
+    - ``step_hook(step, model)``: called before every optimiser step (``step`` 0-based over
+      the whole run, so a resumed run continues the count; ``model`` is the unwrapped model).
+      It may change the model (e.g. recompute a pruning mask) and may return a context
+      manager, entered around that step's forward and backward pass and left before the
+      optimiser update: a method that trains the pruned model m * w but updates the dense w
+      masks on entry and puts w back on exit. State the hook keeps is its own to save: a
+      checkpoint holds the model, optimiser and RNGs only.
 
     A non-finite training loss raises FloatingPointError rather than training on garbage.
     """
@@ -183,6 +226,15 @@ def fit(
     )  # fmt: skip
     if on_epoch_end is not None and not callable(on_epoch_end):
         raise TypeError(f"on_epoch_end must be callable, got {type(on_epoch_end).__name__}")
+    if loss is not None and not callable(loss):
+        raise TypeError(
+            f"loss must be callable as loss(outputs, targets), got {type(loss).__name__}"
+        )
+    if step_hook is not None and not callable(step_hook):
+        raise TypeError(
+            f"step_hook must be callable as step_hook(step, model), got {type(step_hook).__name__}"
+        )
+    loss_fn: Loss = F.cross_entropy if loss is None else loss
     checkpoint_path = None if checkpoint is None else as_path(checkpoint, "checkpoint")
     if not isinstance(resume, bool) and not isinstance(resume, (str, os.PathLike)):
         raise TypeError(f"resume must be a bool or a path, got {type(resume).__name__}")
@@ -231,7 +283,7 @@ def fit(
         )
         history = TrainHistory.from_dict(state["history"])
         history.device, history.amp = str(target), use_amp
-    was_training = model.training
+    flags = training_flags(model)
     if start_epoch >= epochs or history.stopped_early:
         return history
 
@@ -253,8 +305,9 @@ def fit(
             start = time.perf_counter()
             _reseed_epoch(seed, epoch, loader, context.rank)
             loss_sum, correct, seen, step = _train_epoch(
-                net, loader, optimizer, scaler, rate, step, target, amp_dtype, bar
-            )
+                net, model, loader, optimizer, scaler, rate, step, target, amp_dtype, bar,
+                loss_fn, step_hook,
+            )  # fmt: skip
             context.all_reduce_sum(loss_sum, correct, seen)
             train_loss = loss_sum.item() / seen.item()
             if not math.isfinite(train_loss):
@@ -294,7 +347,7 @@ def fit(
                 break
     finally:
         bar.close()
-        model.train(was_training)
+        restore_flags(model, flags)
     return history
 
 
