@@ -1,8 +1,9 @@
 """Size, cost, speed and per-layer error of a model, measured the same way for every method.
 
 Every function only reads the model: the train/eval flag of each submodule is restored, and
-nothing runs with autograd. MACs come from PyTorch's own flop counter, never counted by hand, so
-the dense and the pruned model are costed by the same rules.
+nothing runs with autograd. `count_params` and `count_macs` are the library's own (from
+`coreprune.compress.cost`, re-exported here), so the harness and `compress` cost a model by the
+same rules.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+from coreprune.checks import check_int, check_module
+from coreprune.compress.cost import Inputs, as_args, count_macs, count_params
+from coreprune.torch_utils import eval_mode, model_device, resolve_device
 
 __all__ = ["LatencyStats", "count_macs", "count_params", "layer_errors", "measure_latency"]
-
-Inputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,30 +34,6 @@ class LatencyStats:
     p90_ms: float
     repeats: int
     device: str
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries; a parameter shared by several modules counts once."""
-    _check_model(model, "model")
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, example_input: Inputs) -> int:
-    """Multiply-accumulates of one eval-mode forward on `example_input` (the whole batch).
-
-    Counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions; bias adds,
-    norms, activations and pooling are not counted) as FLOPs / 2. Pass a batch of one for a
-    per-sample figure.
-    """
-    _check_model(model, "model")
-    args = _as_args(example_input, "example_input")
-    counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
-        model(*args)
-    flops = int(counter.get_total_flops())
-    if flops % 2:
-        raise ValueError(f"the flop counter returned an odd total ({flops}); not 2 x MACs")
-    return flops // 2
 
 
 def measure_latency(
@@ -73,19 +50,19 @@ def measure_latency(
     model is never moved). On CUDA the device is synchronised around every timed run so the
     time covers the kernels, not just their launch.
     """
-    _check_model(model, "model")
-    args = _as_args(example_input, "example_input")
-    _check_count(warmup, "warmup", minimum=0)
-    _check_count(repeats, "repeats", minimum=1)
-    home = _model_device(model)
-    target = home if device is None else torch.device(device)
+    check_module(model, "model")
+    args = as_args(example_input, "example_input")
+    check_int(warmup, "warmup", minimum=0)
+    check_int(repeats, "repeats", minimum=1)
+    home = model_device(model)
+    target = home if device is None else resolve_device(device)
     if target.type == "cuda" and target.index is None:
         target = torch.device("cuda", torch.cuda.current_device())
     runner = model if target == home else copy.deepcopy(model).to(target)
     args = tuple(a.to(target) for a in args)
     sync = torch.cuda.synchronize if target.type == "cuda" else _no_sync
     times: list[float] = []
-    with _eval_mode(runner), torch.inference_mode():
+    with eval_mode(runner), torch.inference_mode():
         for _ in range(warmup):
             runner(*args)
         for _ in range(repeats):
@@ -108,9 +85,9 @@ def layer_errors(
     their shape, such as the consumer of a pruned pair. A module called several times is
     compared over all its calls. A zero dense output gives 0 if the other is zero too, else inf.
     """
-    _check_model(dense, "dense")
-    _check_model(compressed, "compressed")
-    args = _as_args(inputs, "inputs")
+    check_module(dense, "dense")
+    check_module(compressed, "compressed")
+    args = as_args(inputs, "inputs")
     if isinstance(names, str) or not isinstance(names, Sequence):
         raise TypeError("names must be a list of module names such as ['layer1.0.conv2']")
     if len(set(names)) != len(names):
@@ -161,24 +138,12 @@ def _record_outputs(
     try:
         for name in names:
             handles.append(modules[name].register_forward_hook(make_hook(name)))
-        with _eval_mode(model), torch.no_grad():
+        with eval_mode(model, no_grad=True):
             model(*args)
     finally:
         for handle in handles:
             handle.remove()
     return seen
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration; every submodule's own flag is restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _percentiles(times: list[float]) -> tuple[float, float]:
@@ -188,32 +153,5 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
     return cuts[0], cuts[-1]
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    first = next(iter((*model.parameters(), *model.buffers())), None)
-    return torch.device("cpu") if first is None else first.device
-
-
 def _no_sync(_device: torch.device) -> None:
     return None
-
-
-def _as_args(value: object, name: str) -> tuple[torch.Tensor, ...]:
-    if isinstance(value, torch.Tensor):
-        return (value,)
-    if isinstance(value, (tuple, list)) and value:
-        items = tuple(value)
-        if all(isinstance(v, torch.Tensor) for v in items):
-            return items
-    raise TypeError(f"{name} must be a tensor or a tuple of tensors (the forward's arguments)")
-
-
-def _check_model(model: object, name: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
-
-
-def _check_count(value: object, name: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")

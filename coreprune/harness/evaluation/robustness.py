@@ -9,14 +9,15 @@ model's own device. Loaders yield (inputs, integer labels) pairs and are iterate
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler
+
+from coreprune.checks import check_float, check_int, check_module
+from coreprune.torch_utils import eval_mode, model_device
 
 __all__ = [
     "DEFAULT_SIGMAS",
@@ -33,12 +34,6 @@ DEFAULT_SIGMAS = (0.1, 0.25, 0.5)
 # Checks and helpers
 
 
-def _check_model(model: object, name: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
-    return model
-
-
 def _check_loader(loader: object, *, shuffled_ok: bool) -> Iterable[object]:
     if isinstance(loader, (torch.Tensor, str, bytes)) or not isinstance(loader, Iterable):
         raise TypeError(
@@ -53,59 +48,17 @@ def _check_loader(loader: object, *, shuffled_ok: bool) -> Iterable[object]:
     return loader
 
 
-def _check_bins(bins: object) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, int):
-        raise TypeError(f"bins must be an int, got {type(bins).__name__}")
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    return bins
-
-
 def _check_sigmas(sigmas: object) -> tuple[float, ...]:
     if isinstance(sigmas, (int, float, str)) or not isinstance(sigmas, Sequence):
         raise TypeError(
             f"sigmas must be a sequence of noise levels, e.g. [0.1]; got {type(sigmas).__name__}"
         )
-    out = []
-    for s in sigmas:
-        if isinstance(s, bool) or not isinstance(s, (int, float)):
-            raise TypeError(f"sigmas must hold numbers, got {type(s).__name__}")
-        if not math.isfinite(s) or s < 0:
-            raise ValueError(f"every sigma must be a finite std >= 0, got {s!r}")
-        out.append(float(s))
+    out = [check_float(s, f"sigmas[{i}] (a noise std)", low=0.0) for i, s in enumerate(sigmas)]
     if not out:
         raise ValueError("sigmas is empty; give at least one noise level")
     if len(set(out)) != len(out):
         raise ValueError(f"sigmas has repeated values {out}; give each level once")
     return tuple(out)
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    return seed
-
-
-def _device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def _evaluating(*models: nn.Module) -> Iterator[None]:
-    """Eval mode and no autograd inside; every submodule's own train flag restored after."""
-    flags = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _batches(loader: Iterable[object]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -127,7 +80,7 @@ def _batches(loader: Iterable[object]) -> Iterator[tuple[torch.Tensor, torch.Ten
 
 def _logits(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
     """The model's logits for `x` (moved to the model's device), as float64 on the CPU."""
-    out = model(x.to(_device(model)))
+    out = model(x.to(model_device(model)))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{name} must return logits of shape (batch, classes), got {got}")
@@ -178,11 +131,11 @@ def agreement(model_a: nn.Module, model_b: nn.Module, loader: Iterable[object]) 
     Labels are not used: this measures how far pruning moved the function (Liebenwein et al.),
     not whether either model is right. Each model runs on its own device.
     """
-    _check_model(model_a, "model_a")
-    _check_model(model_b, "model_b")
+    check_module(model_a, "model_a")
+    check_module(model_b, "model_b")
     loader = _check_loader(loader, shuffled_ok=True)
     same, count = 0, 0
-    with _evaluating(model_a, model_b):
+    with eval_mode(model_a, model_b, no_grad=True):
         for x, _ in _batches(loader):
             pred_a = _logits(model_a, x, "model_a").argmax(dim=1)
             pred_b = _logits(model_b, x, "model_b").argmax(dim=1)
@@ -202,12 +155,12 @@ def noisy_accuracy(
     same z on the same example (hence `loader` must not shuffle), and results do not depend on
     the device. sigma = 0 gives the clean accuracy.
     """
-    _check_model(model, "model")
+    check_module(model, "model")
     loader = _check_loader(loader, shuffled_ok=False)
     levels = _check_sigmas(sigmas)
-    seed = _check_seed(seed)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
     out: dict[float, float] = {}
-    with _evaluating(model):
+    with eval_mode(model, no_grad=True):
         for sigma in levels:
             generator = torch.Generator().manual_seed(seed)
             correct, count = 0, 0
@@ -238,10 +191,10 @@ def expected_calibration_error(model: nn.Module, loader: Iterable[object], bins:
     probability, B_b the examples whose confidence lies in (b/bins, (b+1)/bins], acc the
     fraction of them predicted right and conf their mean confidence (Guo et al., 2017).
     """
-    _check_model(model, "model")
+    check_module(model, "model")
     loader = _check_loader(loader, shuffled_ok=True)
-    stats = _Calibration(_check_bins(bins))
-    with _evaluating(model):
+    stats = _Calibration(check_int(bins, "bins", minimum=1))
+    with eval_mode(model, no_grad=True):
         for x, y in _batches(loader):
             stats.add(_logits(model, x, "model"), y.cpu())
     _empty(int(stats.count.sum()))
@@ -264,14 +217,14 @@ def robustness_report(
     `noisy_accuracy` with `seed`) and "examples" (N). Each value equals the one the single
     function returns.
     """
-    _check_model(model, "model")
-    _check_model(dense, "dense")
+    check_module(model, "model")
+    check_module(dense, "dense")
     loader = _check_loader(loader, shuffled_ok=False)
     levels = _check_sigmas(sigmas)
-    seed = _check_seed(seed)
-    stats = _Calibration(_check_bins(bins))
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)
+    stats = _Calibration(check_int(bins, "bins", minimum=1))
     correct, dense_correct, same, count = 0, 0, 0, 0
-    with _evaluating(model, dense):
+    with eval_mode(model, dense, no_grad=True):
         for x, y in _batches(loader):
             logits = _logits(model, x, "model")
             pred = logits.argmax(dim=1)
