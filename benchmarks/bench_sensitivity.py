@@ -48,19 +48,29 @@ def main() -> None:
         totals, times, results = {}, {}, {}
         for method in ("paper", "leverage", "exact"):
             start = time.perf_counter()
-            res = coreset_prune(layer, 0.3, nxt, mode="select", query=query, sensitivity=method)
+            res = coreset_prune(layer, nxt, eps=0.3, mode="select", query=query, sensitivity=method)
             times[method] = time.perf_counter() - start
             totals[method] = res.certificate.total_sensitivity
             results[method] = res
         for method, res in results.items():
-            adv = adversarial_search(res, restarts=32, steps=150, generator=torch.Generator().manual_seed(1))
+            adv = adversarial_search(
+                res, restarts=32, steps=150, generator=torch.Generator().manual_seed(1)
+            )
             rows.append(
                 {
-                    "n": n, "dim Q": dim, "k": k, "bound": method, "t": totals[method],
-                    "t / t_exact": totals[method] / totals["exact"], "time s": times[method],
-                    "removed at eps=0.3": n - res.keep.numel(), "cert eps": res.certificate.eps,
+                    "n": n,
+                    "dim Q": dim,
+                    "k": k,
+                    "bound": method,
+                    "t": totals[method],
+                    "t / t_exact": totals[method] / totals["exact"],
+                    "time s": times[method],
+                    "removed at eps=0.3": n - res.keep.numel(),
+                    "cert eps": res.certificate.eps,
                     "adversarial": adv.worst,
-                    "adv / eps": adv.worst / res.certificate.eps if res.certificate.eps else float("nan"),
+                    "adv / eps": adv.worst / res.certificate.eps
+                    if res.certificate.eps
+                    else float("nan"),
                 }
             )
             print(rows[-1])
@@ -82,7 +92,11 @@ def write(rows: list[dict]) -> None:
         "|" + "---|" * len(cols),
     ]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        lines.append(
+            "| "
+            + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols)
+            + " |"
+        )
     lines += [
         "",
         "Reading: `t / t_exact` is how much larger a bound's total sensitivity is than the true one;",

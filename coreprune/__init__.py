@@ -7,7 +7,14 @@ from coreprune.certify import (
     certify,
     layer_exceedance,
 )
-from coreprune.compress import CompressResult, compress
+from coreprune.compress import (
+    CompressReport,
+    CompressResult,
+    PairCut,
+    apply_plan,
+    compress,
+    cut_pair,
+)
 from coreprune.coreset import (
     Certificate,
     PruneResult,
@@ -16,20 +23,28 @@ from coreprune.coreset import (
     coreset_prune,
     measure_error,
 )
+from coreprune.surgery.graph import PrunablePair, find_prunable_pairs, validate_pairs
 
 __all__ = [
     "Certificate",
+    "CompressReport",
     "CompressResult",
     "Guarantee",
     "HeldOutCertificate",
+    "PairCut",
+    "PrunablePair",
     "PruneResult",
     "QuerySpace",
     "adversarial_search",
+    "apply_plan",
     "certified_compress",
     "certify",
     "compress",
     "coreset_prune",
+    "cut_pair",
+    "find_prunable_pairs",
     "layer_exceedance",
     "measure_error",
+    "validate_pairs",
 ]
 __version__ = "0.1.0"

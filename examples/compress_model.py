@@ -38,8 +38,7 @@ from coreprune.compress import ALLOCATIONS, METRICS, MODES
 from coreprune.coreset.sensitivity import METHODS
 from coreprune.harness.evaluation import count_macs, count_params
 from coreprune.harness.training import fit
-from coreprune.scoring import Pruner
-from coreprune.scoring.registry import BASELINES, NEEDS_DATA
+from coreprune.scoring import SCORERS, UnitScorer, make_scorer, needs_data
 from coreprune.serialization import load_model, save_model
 
 
@@ -57,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--eps", type=float, default=None, help="per-layer certificate target")
     p.add_argument(
         "--method",
-        choices=("coreset", *BASELINES),
+        choices=("coreset", *SCORERS),
         default="coreset",
         help="the coreset, or a baseline pruned to the same budget by the same surgery",
     )
@@ -125,9 +124,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"\ncompressing {args.model}: method={args.method}, mode={args.mode}, {budget}, "
         f"query spaces: {query}"
     )
-    method: str | Pruner = args.method
-    if args.method in NEEDS_DATA:  # SNIP, GraSP, ...: scored on labelled training examples
-        method = BASELINES[args.method](loaders.train)  # type: ignore[call-arg]
+    method: str | UnitScorer = args.method
+    if args.method != "coreset" and needs_data(args.method):  # SNIP, GraSP, ...: labelled data
+        scorer = make_scorer(args.method, loaders.train)
+        assert isinstance(scorer, UnitScorer)
+        method = scorer
     result = compress(
         model,
         eps=args.eps,

@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = coreset_prune(
         layer,
-        None if keep is not None else args.eps,
         next_layer,
+        eps=None if keep is not None else args.eps,
         mode=args.mode,
         keep=keep,
         query=query,

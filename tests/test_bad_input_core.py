@@ -341,7 +341,6 @@ def test_bad_input_is_refused(
 
 # Checks that belong to coreprune.surgery (check_producer / check_consumer) and to coreset_prune's
 # own argument checks: recorded here so that they fail loudly until those land.
-PENDING = "layer value checks in coreprune.surgery.units.check_producer"
 
 SURGERY_CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     (
@@ -361,7 +360,6 @@ SURGERY_CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=PENDING)
 @pytest.mark.parametrize(
     ("call", "error", "fragment"), [c[1:] for c in SURGERY_CASES], ids=[c[0] for c in SURGERY_CASES]
 )
@@ -373,16 +371,15 @@ def test_bad_layers_are_refused(
     assert fragment in str(info.value), str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="coreset_prune's own check of generator")
 def test_a_generator_that_is_not_one_is_refused_before_any_work() -> None:
     with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
-        coreset_prune(_linear(), None, mode="sample", keep=2, generator=3)  # type: ignore[arg-type]
+        coreset_prune(_linear(), mode="sample", keep=2, generator=3)  # type: ignore[arg-type]
 
 
 def test_nothing_is_mutated_by_a_refused_call() -> None:
     layer = _nan_filter()
     before = layer.weight.detach().clone()
     with pytest.raises(ValueError):
-        coreset_prune(layer, 0.5, mode="select")
+        coreset_prune(layer, eps=0.5, mode="select")
     assert torch.equal(before.isnan(), layer.weight.isnan())
     assert torch.equal(before.nan_to_num(), layer.weight.detach().nan_to_num())

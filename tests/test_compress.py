@@ -375,7 +375,7 @@ def test_fast_independent_sensitivities_match_the_general_path() -> None:
         nxt.weight[3, 5, 0, 0] = 0.0
     fast = _fast_sensitivities(conv, bn, nxt, None)
     assert fast is not None and fast.bounds.keys() == {"independent"}
-    general = coreset_prune(conv, None, nxt, mode="select", keep=8, norm=bn, sensitivity="leverage")
+    general = coreset_prune(conv, nxt, mode="select", keep=8, norm=bn, sensitivity="leverage")
     assert torch.equal(fast.per_next, general.sensitivities.per_next)
     assert fast.per_next[1 * 9 :, 2].sum() > 0 and torch.all(fast.per_next[9:18, 2] == 0)
     wide = nn.Conv2d(1, 12, 3)  # 12 units in R^10: dependent, so the fast path declines

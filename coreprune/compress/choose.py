@@ -147,8 +147,14 @@ class CoresetChooser:
         sens = fast_sensitivities(*sub, query)
         if sens is None:
             result = coreset_prune(
-                sub[0], None, sub[2], mode="select", keep=nonzero.numel(), query=query,
-                activation=pair.activation, norm=sub[1], sensitivity=self.sensitivity,
+                sub[0],
+                sub[2],
+                mode="select",
+                keep=nonzero.numel(),
+                query=query,
+                activation=pair.activation,
+                norm=sub[1],
+                sensitivity=self.sensitivity,
             )  # fmt: skip
             sens = result.sensitivities
         if query is None:
@@ -193,10 +199,18 @@ class CoresetChooser:
             notes.append("units chosen by empirical sensitivity on calibration data")
         else:
             result = coreset_prune(
-                sub_producer, self.eps if count is None else None, sub_consumer,
-                delta=self.delta, mode=self.mode, keep=count, query=query,
-                generator=self.generator, activation=pair.activation, norm=sub_norm,
-                sensitivity=self.sensitivity, sensitivities=sens,
+                sub_producer,
+                sub_consumer,
+                eps=self.eps if count is None else None,
+                delta=self.delta,
+                mode=self.mode,
+                keep=count,
+                query=query,
+                generator=self.generator,
+                activation=pair.activation,
+                norm=sub_norm,
+                sensitivity=self.sensitivity,
+                sensitivities=sens,
             )  # fmt: skip
             keep_sub, scale, cert = (
                 result.keep.cpu(),

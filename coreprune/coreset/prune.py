@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coreprune.checks import check_choice, check_tensor
+from coreprune.checks import check_choice, check_generator, check_tensor
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sampling import (
@@ -182,12 +182,12 @@ class PruneResult:
 
 def coreset_prune(
     layer: nn.Module,
-    eps: float | None,
     next_layer: nn.Module | None = None,
     *,
-    delta: float = 0.1,
-    mode: str = "sample",
+    eps: float | None = None,
     keep: int | None = None,
+    mode: str = "select",
+    delta: float = 0.1,
     query: QuerySpace | None = None,
     generator: torch.Generator | None = None,
     activation: str | nn.Module | Activation = "relu",
@@ -200,9 +200,11 @@ def coreset_prune(
 ) -> PruneResult:
     """Prune the units of `layer` (nn.Linear or nn.Conv2d) with a certified relative error.
 
-    Give `eps` (the certificate's target) or `keep` (how many units remain, with eps=None; the
-    certificate then reports the eps achieved). `mode="select"` removes the least sensitive
-    units deterministically; `mode="sample"` is the paper's sensitivity sampling. `query`
+    Give `eps` (the certificate's target; keyword-only, so it is never mistaken for a pruning
+    amount) or `keep` (how many units remain; the certificate then reports the eps achieved).
+    `mode="select"` (the default) removes the least sensitive units deterministically;
+    `mode="sample"` is the paper's sensitivity sampling, which at real layer sizes often keeps
+    every unit. Without `next_layer`, U is a single row of ones. `query`
     restricts the inputs the certificate covers (default: all of R^d, data-free); for a conv
     layer, queries are im2col patches. `norm` is an eval-mode batch norm between `layer` and its
     activation. Neither module is modified; call `.apply()` for the smaller ones.
@@ -211,6 +213,12 @@ def coreset_prune(
     `max_pooling=True` when a max pool sits between the layers: the certificate then states that
     eps covers the map before pooling only.
     """
+    if isinstance(next_layer, (int, float)) and not isinstance(next_layer, bool):
+        raise TypeError(
+            f"next_layer must be a module, got the number {next_layer!r}; eps and keep are "
+            f"keyword-only: coreset_prune(layer, next_layer, eps={next_layer!r}) or keep=..."
+        )
+    check_generator(generator, "generator")
     layer = check_producer(layer)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

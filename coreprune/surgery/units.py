@@ -26,6 +26,20 @@ def check_producer(layer: object, name: str = "layer") -> Producer:
     if reason is not None:
         raise ValueError(f"{name} is {reason}")
     assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    weight = layer.weight
+    if weight.is_complex():
+        raise TypeError(
+            f"{name} has complex weights ({weight.dtype}); certificates are for real layers"
+        )
+    if weight.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device (no values); materialise it first")
+    kind = layer_kind(layer)
+    assert kind is not None
+    width = "in_features" if isinstance(layer, nn.Linear) else "in_channels"
+    if kind.in_units(layer) == 0:
+        raise ValueError(f"{name} has no inputs ({width}=0); give it at least one input")
+    if kind.out_units(layer) == 0:
+        raise ValueError(f"{name} has no units (shape {tuple(weight.shape)}); nothing to prune")
     _check_finite(layer, name)
     return layer
 

@@ -433,7 +433,7 @@ def _worst_ratio(
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rewired_certificate_survives_adversarial_search(seed: int) -> None:
     layer, nxt = make_pair(60, 2, 3, seed=seed)
-    result = coreset_prune(layer, None, nxt, mode="select", keep=40)
+    result = coreset_prune(layer, nxt, mode="select", keep=40)
     units, u = result.units, result.reading
     s = result.sensitivities.per_next
     merged = merge_weights(units, u, result.keep, "relu")

@@ -22,7 +22,7 @@ def _error(layer: nn.Module, nxt: nn.Module, a: nn.Module, b: nn.Module, x: torc
 
 def test_plain_slice_rewired_eps_equals_the_certificate() -> None:
     layer, nxt, _ = _pair()
-    result = coreset_prune(layer, None, nxt, mode="select", keep=15)
+    result = coreset_prune(layer, nxt, mode="select", keep=15)
     _, sliced = result.apply()
     assert sliced is not None
     assert result.rewired_eps(sliced) == pytest.approx(result.certificate.eps, rel=1e-12)
@@ -30,7 +30,7 @@ def test_plain_slice_rewired_eps_equals_the_certificate() -> None:
 
 def test_lstsq_is_no_worse_than_the_plain_slice_on_its_calibration() -> None:
     layer, nxt, x = _pair(1)
-    result = coreset_prune(layer, None, nxt, mode="select", keep=12)
+    result = coreset_prune(layer, nxt, mode="select", keep=12)
     plain = _error(layer, nxt, *result.apply(), x)  # type: ignore[arg-type]
     merged = _error(layer, nxt, *result.apply("merge"), x)  # type: ignore[arg-type]
     refit = _error(layer, nxt, *result.apply("lstsq", calibration=x), x)  # type: ignore[arg-type]
@@ -43,7 +43,7 @@ def test_lstsq_is_no_worse_than_the_plain_slice_on_its_calibration() -> None:
 
 def test_merged_consumer_respects_its_rewired_certificate() -> None:
     layer, nxt, _ = _pair(2)
-    result = coreset_prune(layer, None, nxt, mode="select", keep=20)
+    result = coreset_prune(layer, nxt, mode="select", keep=20)
     new_layer, merged = result.apply("merge")
     assert merged is not None
     eps = result.rewired_eps(merged)
@@ -59,7 +59,7 @@ def test_merged_consumer_respects_its_rewired_certificate() -> None:
 def test_inputs_are_untouched_and_bad_requests_refused() -> None:
     layer, nxt, x = _pair(3)
     before = [p.clone() for p in (*layer.parameters(), *nxt.parameters())]
-    result = coreset_prune(layer, None, nxt, mode="select", keep=10)
+    result = coreset_prune(layer, nxt, mode="select", keep=10)
     result.apply("merge")
     result.apply("lstsq", calibration=x)
     after = [*layer.parameters(), *nxt.parameters()]
@@ -70,6 +70,6 @@ def test_inputs_are_untouched_and_bad_requests_refused() -> None:
         result.apply("refit")
     with pytest.raises(ValueError, match="calibration does not fit"):
         result.apply("lstsq", calibration=torch.randn(10, 7))
-    alone = coreset_prune(layer, None, mode="select", keep=10)
+    alone = coreset_prune(layer, mode="select", keep=10)
     with pytest.raises(ValueError, match="pass next_layer"):
         alone.apply("merge")

@@ -52,7 +52,7 @@ def test_thin_direction_through_coreset_prune_removes_nothing_for_free() -> None
         layer.weight.copy_(torch.tensor([[1.0], [1.0], [1.0], [1.0]], dtype=torch.float64))
         layer.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1e-11], dtype=torch.float64))
     layer = layer.double()
-    result = coreset_prune(layer, 0.9, mode="select", sensitivity="auto")
+    result = coreset_prune(layer, eps=0.9, mode="select", sensitivity="auto")
     assert 3 in result.keep.tolist(), "the unit alone along x = 0 cannot be removed below eps 1"
 
 
@@ -76,7 +76,7 @@ def test_huge_weights_through_coreset_prune_certify_what_is_measured(sensitivity
         layer.weight.copy_(torch.tensor([[1e13], [-1e13], [0.0]], dtype=torch.float64))
         layer.bias.copy_(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
         nxt.weight.fill_(1.0)
-    result = coreset_prune(layer, None, nxt, mode="select", keep=2, sensitivity=sensitivity)
+    result = coreset_prune(layer, nxt, mode="select", keep=2, sensitivity=sensitivity)
     x = torch.zeros(1, 1, dtype=torch.float64)  # only the small unit is active here
     measured = float(relative_errors(result, x).max())
     assert measured <= result.certificate.eps + 1e-12, (measured, result.certificate.eps)
@@ -96,7 +96,7 @@ def test_exactly_parallel_units_are_refused_not_certified() -> None:
 def test_an_exactly_zero_column_is_not_ill_conditioning() -> None:
     """A bias-free layer has an exactly zero last coordinate: dropped exactly, no refusal."""
     layer, nxt = make_pair(40, 2, 3, seed=1, bias=False)
-    result = coreset_prune(layer, 0.5, nxt, mode="select")
+    result = coreset_prune(layer, nxt, eps=0.5, mode="select")
     assert result.sensitivities.dim == 2
 
 
@@ -106,7 +106,7 @@ def test_an_exactly_zero_column_is_not_ill_conditioning() -> None:
 def test_sensitivities_for_other_reading_weights_are_refused() -> None:
     """The next layer now reads only the units the old bounds called negligible: truth eps = 1."""
     layer, nxt = make_pair(150, 2, 4, seed=0)
-    first = coreset_prune(layer, 0.4, nxt, mode="select")
+    first = coreset_prune(layer, nxt, eps=0.4, mode="select")
     removed = torch.ones(150, dtype=torch.bool)
     removed[first.keep] = False
     changed = copy.deepcopy(nxt)
@@ -114,7 +114,7 @@ def test_sensitivities_for_other_reading_weights_are_refused() -> None:
         changed.weight[:, ~removed] = 0.0
         changed.weight[:, removed] = 1.0
     with pytest.raises(ValueError, match="next layer's reading weights"):
-        coreset_prune(layer, 0.4, changed, mode="select", sensitivities=first.sensitivities)
+        coreset_prune(layer, changed, eps=0.4, mode="select", sensitivities=first.sensitivities)
 
 
 def test_sensitivities_for_another_query_space_are_refused() -> None:
@@ -122,25 +122,27 @@ def test_sensitivities_for_another_query_space_are_refused() -> None:
     gen = torch.Generator().manual_seed(0)
     q1 = QuerySpace.subspace(torch.randn(3, 1, dtype=torch.float64, generator=gen))
     q2 = QuerySpace.subspace(torch.randn(3, 1, dtype=torch.float64, generator=gen))
-    first = coreset_prune(layer, 0.5, nxt, mode="select", query=q1)
+    first = coreset_prune(layer, nxt, eps=0.5, mode="select", query=q1)
     with pytest.raises(ValueError, match="the query space"):
-        coreset_prune(layer, 0.5, nxt, mode="select", query=q2, sensitivities=first.sensitivities)
+        coreset_prune(
+            layer, nxt, eps=0.5, mode="select", query=q2, sensitivities=first.sensitivities
+        )
 
 
 def test_sensitivities_for_other_units_are_refused() -> None:
     layer, nxt = make_pair(60, 2, 2, seed=4)
-    first = coreset_prune(layer, 0.5, nxt, mode="select")
+    first = coreset_prune(layer, nxt, eps=0.5, mode="select")
     moved = copy.deepcopy(layer)
     with torch.no_grad():
         moved.bias.add_(1.0)
     with pytest.raises(ValueError, match="the layer's units"):
-        coreset_prune(moved, 0.5, nxt, mode="select", sensitivities=first.sensitivities)
+        coreset_prune(moved, nxt, eps=0.5, mode="select", sensitivities=first.sensitivities)
 
 
 def test_matching_sensitivities_are_reused() -> None:
     layer, nxt = make_pair(60, 2, 2, seed=4)
-    first = coreset_prune(layer, 0.5, nxt, mode="select")
-    again = coreset_prune(layer, 0.5, nxt, mode="select", sensitivities=first.sensitivities)
+    first = coreset_prune(layer, nxt, eps=0.5, mode="select")
+    again = coreset_prune(layer, nxt, eps=0.5, mode="select", sensitivities=first.sensitivities)
     assert torch.equal(first.keep, again.keep)
     assert again.sensitivities is first.sensitivities
 
@@ -151,14 +153,17 @@ def test_hand_built_sensitivities_without_provenance_are_refused() -> None:
     layer, nxt = make_pair(20, 2, 2, seed=5)
     fake = Sensitivities(torch.zeros(2, 20, dtype=torch.float64), {}, 3)
     with pytest.raises(ValueError, match="no provenance"):
-        coreset_prune(layer, 0.5, nxt, mode="select", sensitivities=fake)
+        coreset_prune(layer, nxt, eps=0.5, mode="select", sensitivities=fake)
 
 
 def test_float32_and_float64_copies_share_provenance() -> None:
     layer, nxt = make_pair(30, 2, 2, seed=6)
-    first = coreset_prune(layer, 0.5, nxt, mode="select")
+    first = coreset_prune(layer, nxt, eps=0.5, mode="select")
     again = coreset_prune(
-        copy.deepcopy(layer).double(), 0.5, copy.deepcopy(nxt).double(), mode="select",
+        copy.deepcopy(layer).double(),
+        copy.deepcopy(nxt).double(),
+        eps=0.5,
+        mode="select",
         sensitivities=first.sensitivities,
     )  # fmt: skip
     assert torch.equal(first.keep, again.keep)
@@ -171,7 +176,7 @@ def test_a_linear_consumer_l_times_wider_than_a_linear_producer_is_refused() -> 
     layer = nn.Linear(3, 4)
     consumer = nn.Linear(8, 2)  # 2 * 4 inputs: no flatten can sit between two Linear layers
     with pytest.raises(ValueError, match="reads 8 inputs but the layer has 4 units"):
-        coreset_prune(layer, 0.5, consumer, mode="select")
+        coreset_prune(layer, consumer, eps=0.5, mode="select")
 
 
 # ---- apply() with no next layer
@@ -180,7 +185,11 @@ def test_a_linear_consumer_l_times_wider_than_a_linear_producer_is_refused() -> 
 def test_sample_without_next_layer_refuses_to_drop_the_scales() -> None:
     layer, _ = make_pair(40, 2, 1, seed=7)
     result = coreset_prune(
-        layer, None, None, mode="sample", keep=10, generator=torch.Generator().manual_seed(0)
+        layer,
+        None,
+        mode="sample",
+        keep=10,
+        generator=torch.Generator().manual_seed(0),
     )
     assert bool((result.scale != 1).any())
     with pytest.raises(ValueError, match="apply\\(\\) needs next_layer"):
@@ -189,7 +198,7 @@ def test_sample_without_next_layer_refuses_to_drop_the_scales() -> None:
 
 def test_select_without_next_layer_applies() -> None:
     layer, _ = make_pair(40, 2, 1, seed=7)
-    result = coreset_prune(layer, 0.5, None, mode="select")
+    result = coreset_prune(layer, None, eps=0.5, mode="select")
     new_layer, new_next = result.apply()
     assert new_next is None and new_layer.out_features == result.keep.numel()
 
@@ -199,14 +208,14 @@ def test_select_without_next_layer_applies() -> None:
 
 def test_max_pooling_caveat_is_printed_with_the_certificate_alone() -> None:
     layer, nxt = make_pair(40, 2, 2, seed=8)
-    cert = coreset_prune(layer, 0.5, nxt, mode="select", max_pooling=True).certificate
+    cert = coreset_prune(layer, nxt, eps=0.5, mode="select", max_pooling=True).certificate
     assert "max pooling between the layers: eps covers the map before pooling" in str(cert)
 
 
 def test_subspace_and_rounding_caveats() -> None:
     layer, nxt = make_pair(40, 3, 2, seed=9)
     query = QuerySpace.subspace(torch.eye(3, 2, dtype=torch.float64))
-    cert = coreset_prune(layer, 0.5, nxt, mode="select", query=query).certificate
+    cert = coreset_prune(layer, nxt, eps=0.5, mode="select", query=query).certificate
     text = str(cert)
     assert "covers only inputs in the query space" in text
     assert "rounding charged into the sensitivities" in text
@@ -214,7 +223,7 @@ def test_subspace_and_rounding_caveats() -> None:
 
 def test_no_next_layer_caveat() -> None:
     layer, _ = make_pair(40, 2, 1, seed=10)
-    cert = coreset_prune(layer, 0.5, None, mode="select").certificate
+    cert = coreset_prune(layer, None, eps=0.5, mode="select").certificate
     assert "no next layer given" in str(cert)
 
 
@@ -229,7 +238,7 @@ def test_certificate_caveats_must_be_a_tuple_of_strings() -> None:
 def test_max_pooling_must_be_a_bool() -> None:
     layer, nxt = make_pair(10, 2, 2, seed=11)
     with pytest.raises(TypeError, match="max_pooling must be a bool"):
-        coreset_prune(layer, 0.5, nxt, mode="select", max_pooling="yes")  # type: ignore[arg-type]
+        coreset_prune(layer, nxt, eps=0.5, mode="select", max_pooling="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("method", BOUNDED)

@@ -23,7 +23,11 @@ def test_apply_builds_smaller_modules_that_compute_z_hat(pair, mode: str) -> Non
     layer, nxt = pair
     before = (copy.deepcopy(layer), copy.deepcopy(nxt))
     result = coreset_prune(
-        layer, None, nxt, mode=mode, keep=70, generator=torch.Generator().manual_seed(0)
+        layer,
+        nxt,
+        mode=mode,
+        keep=70,
+        generator=torch.Generator().manual_seed(0),
     )
     new_layer, new_next = result.apply()
     assert _same_state(layer, before[0]) and _same_state(nxt, before[1]), "inputs were mutated"
@@ -48,7 +52,7 @@ def test_apply_builds_smaller_modules_that_compute_z_hat(pair, mode: str) -> Non
 
 def test_select_keep_is_exact_and_reports_the_eps_achieved(pair) -> None:
     layer, nxt = pair
-    result = coreset_prune(layer, None, nxt, mode="select", keep=100)
+    result = coreset_prune(layer, nxt, mode="select", keep=100)
     assert result.keep.numel() == 100 and torch.all(result.scale == 1)
     removed = torch.ones(150, dtype=torch.bool)
     removed[result.keep] = False
@@ -62,7 +66,7 @@ def test_select_keep_is_exact_and_reports_the_eps_achieved(pair) -> None:
 
 def test_eps_at_least_one_is_flagged_vacuous(pair) -> None:
     layer, nxt = pair
-    result = coreset_prune(layer, None, nxt, mode="select", keep=5)
+    result = coreset_prune(layer, nxt, mode="select", keep=5)
     assert result.certificate.vacuous == (result.certificate.eps >= 1)
     assert result.certificate.vacuous
     assert "VACUOUS" in str(result.certificate)
@@ -71,20 +75,24 @@ def test_eps_at_least_one_is_flagged_vacuous(pair) -> None:
 def test_data_free_wide_layer_is_vacuous_and_removes_nothing() -> None:
     """The stated limit: 30 units on 50 inputs are linearly independent, every s = 1."""
     layer, nxt = nn.Linear(50, 30), nn.Linear(30, 10)
-    result = coreset_prune(layer, 0.5, nxt, mode="select")
+    result = coreset_prune(layer, nxt, eps=0.5, mode="select")
     assert torch.all(result.sensitivity == 1) and result.keep.numel() == 30
 
 
 def test_seeded_sampling_is_deterministic(pair) -> None:
     layer, nxt = pair
-    a = coreset_prune(layer, None, nxt, keep=60, generator=torch.Generator().manual_seed(3))
-    b = coreset_prune(layer, None, nxt, keep=60, generator=torch.Generator().manual_seed(3))
+    a = coreset_prune(
+        layer, nxt, keep=60, generator=torch.Generator().manual_seed(3), mode="sample"
+    )
+    b = coreset_prune(
+        layer, nxt, keep=60, generator=torch.Generator().manual_seed(3), mode="sample"
+    )
     assert torch.equal(a.keep, b.keep) and torch.equal(a.scale, b.scale)
 
 
 def test_without_next_layer_reads_through_ones(pair) -> None:
     layer, _ = pair
-    result = coreset_prune(layer, 0.3, mode="select")
+    result = coreset_prune(layer, eps=0.3, mode="select")
     new_layer, new_next = result.apply()
     assert new_next is None and new_layer.out_features == result.keep.numel()
     assert result.reading.shape == (1, 150)
@@ -92,7 +100,7 @@ def test_without_next_layer_reads_through_ones(pair) -> None:
 
 def test_conv_to_flatten_to_linear_reads_blocks() -> None:
     conv, fc = nn.Conv2d(1, 6, 3), nn.Linear(6 * 4 * 4, 5)
-    result = coreset_prune(conv, None, fc, mode="select", keep=4)
+    result = coreset_prune(conv, fc, mode="select", keep=4)
     assert result.reading.shape == (5 * 16, 6)
     new_conv, new_fc = result.apply()
     assert new_conv.out_channels == 4 and new_fc.in_features == 4 * 16
@@ -105,7 +113,7 @@ def test_batchnorm_is_sliced_with_the_layer() -> None:
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
-    result = coreset_prune(conv, None, nxt, mode="select", keep=5, norm=bn)
+    result = coreset_prune(conv, nxt, mode="select", keep=5, norm=bn)
     new_bn = result.apply_norm()
     assert new_bn.num_features == 5
     assert torch.equal(new_bn.running_mean, bn.running_mean[result.keep])
@@ -139,35 +147,35 @@ def test_bad_requests_are_refused_by_name(pair, kwargs: dict, error: type, match
     layer, nxt = pair
     eps = kwargs.pop("eps")
     with pytest.raises(error, match=match):
-        coreset_prune(layer, eps, nxt, **kwargs)
+        coreset_prune(layer, nxt, eps=eps, **kwargs)
 
 
 def test_bad_modules_are_refused() -> None:
     with pytest.raises(TypeError, match=r"layer must be nn\.Linear or nn\.Conv2d"):
-        coreset_prune(nn.Conv1d(2, 3, 1), 0.1)
+        coreset_prune(nn.Conv1d(2, 3, 1), eps=0.1, mode="sample")
     with pytest.raises(ValueError, match="grouped"):
-        coreset_prune(nn.Conv2d(4, 4, 3, groups=2), 0.1)
+        coreset_prune(nn.Conv2d(4, 4, 3, groups=2), eps=0.1, mode="sample")
     with pytest.raises(ValueError, match="reads 7 inputs"):
-        coreset_prune(nn.Linear(3, 5), 0.1, nn.Linear(7, 2))
+        coreset_prune(nn.Linear(3, 5), nn.Linear(7, 2), eps=0.1, mode="sample")
     with pytest.raises(TypeError, match="next_layer must be"):
-        coreset_prune(nn.Linear(3, 5), 0.1, nn.ReLU())
+        coreset_prune(nn.Linear(3, 5), nn.ReLU(), eps=0.1, mode="sample")
     nan_layer = nn.Linear(3, 5)
     with torch.no_grad():
         nan_layer.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or Inf"):
-        coreset_prune(nan_layer, 0.1)
+        coreset_prune(nan_layer, eps=0.1, mode="sample")
     zero_unit = nn.Linear(3, 5)
     with torch.no_grad():
         zero_unit.weight[2].zero_()
         zero_unit.bias[2] = 0.0
     with pytest.raises(ValueError, match="all-zero units"):
-        coreset_prune(zero_unit, 0.1)
+        coreset_prune(zero_unit, eps=0.1, mode="sample")
 
 
 def test_sample_with_eps_refuses_activations_outside_theorem_4(pair) -> None:
     layer, nxt = pair
     with pytest.raises(ValueError, match="piecewise-linear"):
-        coreset_prune(layer, 0.3, nxt, mode="sample", activation="tanh")
+        coreset_prune(layer, nxt, eps=0.3, mode="sample", activation="tanh")
     # keep= still works, with the deterministic bound only
-    result = coreset_prune(layer, None, nxt, mode="sample", keep=120, activation="tanh")
+    result = coreset_prune(layer, nxt, mode="sample", keep=120, activation="tanh")
     assert result.certificate.delta == 0 and "deterministic" in result.certificate.note

@@ -21,7 +21,7 @@ def _hunt(result, seed: int = 0, restarts: int = 48, steps: int = 150) -> float:
 @pytest.mark.parametrize("eps", [0.1, 0.3, 0.6])
 def test_select_certificate_survives_adversarial_search(pair, sensitivity: str, eps: float) -> None:
     layer, nxt = pair
-    result = coreset_prune(layer, eps, nxt, mode="select", sensitivity=sensitivity)
+    result = coreset_prune(layer, nxt, eps=eps, mode="select", sensitivity=sensitivity)
     cert = result.certificate
     assert cert.eps <= eps and cert.delta == 0
     assert result.keep.numel() < 150, "the test layer must allow a non-trivial certificate"
@@ -34,7 +34,7 @@ def test_select_certificate_survives_adversarial_search(pair, sensitivity: str, 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu:0.2", "tanh", "gelu", "identity"])
 def test_select_holds_for_every_covered_activation(activation: str) -> None:
     layer, nxt = make_pair(120, 2, 3, seed=3)
-    result = coreset_prune(layer, None, nxt, mode="select", keep=90, activation=activation)
+    result = coreset_prune(layer, nxt, mode="select", keep=90, activation=activation)
     assert _hunt(result, steps=100) <= result.certificate.eps * (1 + TOL)
 
 
@@ -46,7 +46,7 @@ def test_select_on_a_restricted_query_space() -> None:
         12, generator=gen
     )
     query = QuerySpace.from_calibration(calib, rank=2)
-    result = coreset_prune(layer, 0.3, nxt, mode="select", query=query)
+    result = coreset_prune(layer, nxt, eps=0.3, mode="select", query=query)
     assert result.keep.numel() < 150 and not result.certificate.vacuous
     report = adversarial_search(result, restarts=48, steps=150, generator=gen)
     assert report.outside_query < 1e-9  # the hunter stays inside Q
@@ -61,7 +61,12 @@ def test_sample_violations_are_rarer_than_delta() -> None:
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(seed)
         result = coreset_prune(
-            layer, None, nxt, mode="sample", keep=100, delta=delta, generator=gen
+            layer,
+            nxt,
+            mode="sample",
+            keep=100,
+            delta=delta,
+            generator=gen,
         )
         assert result.keep.numel() == 100
         violations += _hunt(result, seed=seed, restarts=24, steps=80) > result.certificate.eps * (
@@ -73,7 +78,11 @@ def test_sample_violations_are_rarer_than_delta() -> None:
 def test_sample_with_eps_holds_and_reweights() -> None:
     layer, nxt = make_pair(150, 2, 3, seed=6)
     result = coreset_prune(
-        layer, 0.5, nxt, mode="sample", generator=torch.Generator().manual_seed(0)
+        layer,
+        nxt,
+        eps=0.5,
+        mode="sample",
+        generator=torch.Generator().manual_seed(0),
     )
     cert = result.certificate
     assert cert.eps_probabilistic is not None and cert.eps_probabilistic <= 0.5
@@ -85,7 +94,7 @@ def test_the_hunter_finds_the_exact_worst_case_of_one_removed_unit() -> None:
     """Removing a single unit i has worst error max_j s_ij exactly (ReLU is symmetric under y -> -y
     for the envelope), so the search must reach the exact LP value: evidence that it has power."""
     layer, nxt = make_pair(60, 3, 2, seed=7)
-    full = coreset_prune(layer, None, nxt, mode="select", keep=59, sensitivity="exact")
+    full = coreset_prune(layer, nxt, mode="select", keep=59, sensitivity="exact")
     exact = full.certificate.eps  # = max_j s_ij of the one removed unit, certified by the LP
     worst = _hunt(full, restarts=64, steps=300)
     assert worst <= exact * (1 + TOL)
@@ -95,7 +104,7 @@ def test_the_hunter_finds_the_exact_worst_case_of_one_removed_unit() -> None:
 def test_a_planted_wrong_scale_is_caught() -> None:
     """Multiplying one kept unit's scale by 20 must produce an error far above the certified eps."""
     layer, nxt = make_pair(150, 2, 3, seed=8)
-    result = coreset_prune(layer, 0.2, nxt, mode="select")
+    result = coreset_prune(layer, nxt, eps=0.2, mode="select")
     scale = result.scale.clone()
     scale[torch.argmax(result.sensitivity[result.keep])] = 20.0
     broken = type(result)(**{**result.__dict__, "scale": scale})
@@ -113,7 +122,7 @@ def test_conv_and_batchnorm_select_is_sound() -> None:
         bn.running_var.copy_(torch.rand(120, generator=gen) + 0.5)
         bn.weight.copy_(torch.randn(120, generator=gen))
         nxt.weight.mul_(torch.rand(1, 120, 1, 1, generator=gen) ** 3)
-    result = coreset_prune(conv, 0.3, nxt, mode="select", norm=bn)
+    result = coreset_prune(conv, nxt, eps=0.3, mode="select", norm=bn)
     assert result.keep.numel() < 120
     assert _hunt(result) <= result.certificate.eps * (1 + TOL)
 
@@ -124,7 +133,7 @@ def test_theorem_4_bound_alone_holds_across_seeds() -> None:
     delta, violations, seeds = 0.2, 0, 8
     for seed in range(seeds):
         gen = torch.Generator().manual_seed(100 + seed)
-        result = coreset_prune(layer, 0.9, nxt, mode="sample", delta=delta, generator=gen)
+        result = coreset_prune(layer, nxt, eps=0.9, mode="sample", delta=delta, generator=gen)
         bound = result.certificate.eps_probabilistic
         assert bound is not None and bound <= 0.9
         violations += _hunt(result, seed=seed, restarts=16, steps=60) > bound * (1 + TOL)
