@@ -24,7 +24,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from ._device import resolve_device
+from coreprune.torch_utils import resolve_device
 
 
 @dataclass(frozen=True)

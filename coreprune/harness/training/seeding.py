@@ -11,13 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from coreprune.checks import check_int
 
-def check_seed(seed: object, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"{name} must lie in [0, 2**32), got {seed}")
-    return seed
+SEED_MAX = 2**32 - 1
+"""The largest seed: NumPy's global RNG takes seeds in [0, 2**32)."""
 
 
 def set_seed(seed: int, *, deterministic: bool = False) -> None:
@@ -27,7 +24,7 @@ def set_seed(seed: int, *, deterministic: bool = False) -> None:
     also fixes the data order. ``deterministic=True`` additionally asks torch for
     deterministic kernels (a process-wide switch; slower on GPU) for bit-exact GPU reruns.
     """
-    check_seed(seed)
+    check_int(seed, "seed", minimum=0, maximum=SEED_MAX)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -44,7 +41,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
     each other's epochs and gives each DDP rank its own augmentation draws; ``stream``
     separates independent uses (global RNGs, a loader's own generator) within one epoch.
     """
-    check_seed(seed)
+    check_int(seed, "seed", minimum=0, maximum=SEED_MAX)
     words = [seed, epoch, rank, stream]
     state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)
     return int(state[0])
