@@ -136,7 +136,7 @@ def test_a_folder_of_other_settings_is_refused_and_overwrite_deletes_only_run_fi
         ({"finetune_epochs": -1}, "finetune_epochs must be >= 0"),
         ({"train_limit": 0}, "train_limit must be >= 1"),
         ({"calibration": -1}, "calibration must be >= 0"),
-        ({"lr": 0.0}, "lr must be a number > 0"),
+        ({"lr": 0.0}, r"lr must lie in \(0, inf\)"),
         ({"image_size": 20}, "smaller than"),
         ({"dataset": "imagenet"}, "unknown dataset"),
         ({"methods": ("dpf",), "finetune_epochs": 0}, "dpf"),

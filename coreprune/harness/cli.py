@@ -47,6 +47,7 @@ from coreprune.harness.training import (
     set_seed,
 )
 from coreprune.serialization import ARCH_FILE, load_model, save_model
+from coreprune.torch_utils import eval_mode, resolve_device
 
 __all__ = ["DEFAULT_THREADS", "add_compare_arguments", "compare_config", "main"]
 
@@ -135,12 +136,6 @@ def _check_device(name: str | None) -> None:
         raise ValueError(
             f"--device {name} is not available here; available: {', '.join(available)}"
         )
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +328,7 @@ def _prepare_train(a: argparse.Namespace) -> Callable[[], int]:
     _check_run_folder(out, a, resume=a.resume)
     model, kwargs = build_for_dataset(a.model, a.dataset, a.image_size)
     loaders = _loaders(a, default_image_size(a.model, a.dataset))
-    device = _device(a.device)
+    device = resolve_device(a.device)
 
     def work() -> int:
         _run_dir(out, a, device)
@@ -373,7 +368,7 @@ def _prepare_compress(a: argparse.Namespace) -> Callable[[], int]:
         arch = source.arch
         size = default_image_size(arch, a.dataset) if arch in MODEL_NAMES else None
     loaders = _loaders(a, size)
-    device = _device(a.device)
+    device = resolve_device(a.device)
     model = source.model.to(device)
     example = next(iter(loaders.train))[0][:1].to(device)  # MACs are counted per image
     _check_accepts(model, example, a.dataset)
@@ -505,15 +500,12 @@ def _load_weights(model: nn.Module, path: Path) -> None:
 
 
 def _check_accepts(model: nn.Module, example: torch.Tensor, dataset: str) -> None:
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(example)
+        with eval_mode(model, no_grad=True):
+            model(example)
     except RuntimeError as err:
         raise ValueError(f"the model does not accept {dataset} images of shape "
                          f"{tuple(example.shape)}: {err}") from err  # fmt: skip
-    finally:
-        model.train(was_training)
 
 
 def _prepare_compare(a: argparse.Namespace) -> Callable[[], int]:

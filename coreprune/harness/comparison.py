@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from coreprune.checks import check_float, check_fraction, check_int
 from coreprune.compress import compress
 from coreprune.harness.data import ImageData, Loaders, dataset_spec, load_dataset, make_loaders
 from coreprune.harness.evaluation.machine import describe_device
@@ -42,6 +43,7 @@ from coreprune.harness.training import (
 from coreprune.methods.dpf import dpf_train
 from coreprune.scoring import UnitScorer, make_scorer, needs_data
 from coreprune.serialization import load_model, save_model
+from coreprune.torch_utils import resolve_device
 
 __all__ = [
     "CORE_METHODS",
@@ -142,30 +144,27 @@ class CompareConfig:
             if name not in METHODS:
                 raise ValueError(f"methods: {name!r} is not one of {', '.join(METHODS)}")
         for t in self.targets:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-                raise ValueError(f"targets must be fractions in (0, 1), got {t!r}")
+            check_fraction(t, "targets")
         for m in self.metrics:
             if m not in ("params", "macs"):
                 raise ValueError(f"metrics must be 'params' or 'macs', got {m!r}")
         for seed in (*self.seeds, self.split_seed):
-            _check_int(seed, "seeds and split_seed", 0)
+            check_int(seed, "seeds and split_seed", minimum=0)
         spec = dataset_spec(self.dataset)
         for name, low in (("epochs", 1), ("finetune_epochs", 0), ("batch_size", 1),
                           ("calibration", 0), ("rank", 1), ("snip_batch", 1),
                           ("synflow_rounds", 1)):  # fmt: skip
-            _check_int(getattr(self, name), name, low)
+            check_int(getattr(self, name), name, minimum=low)
         for name in ("train_limit", "test_limit", "image_size"):
             if getattr(self, name) is not None:
-                _check_int(getattr(self, name), name, 1)
+                check_int(getattr(self, name), name, minimum=1)
         if self.image_size is not None and self.image_size < spec.native_size:
             raise ValueError(
                 f"image_size={self.image_size} is smaller than {self.dataset}'s "
                 f"{spec.native_size} px; use at least {spec.native_size} (images are only padded)"
             )
         for name in ("lr", "finetune_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_float(getattr(self, name), name, low=0.0, low_open=True)
         if "dpf" in self.methods and not self.at_init and self.finetune_epochs == 0:
             raise ValueError("dpf prunes while fine-tuning: it needs finetune_epochs >= 1")
         if self.out is None:
@@ -184,13 +183,6 @@ class CompareConfig:
     def folder(self) -> Path:
         assert self.out is not None  # set in __post_init__
         return Path(self.out)
-
-
-def _check_int(value: object, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _jsonable(value: object) -> object:
@@ -257,7 +249,7 @@ def check_run(config: CompareConfig, *, overwrite: bool = False) -> ImageData:
     holding results of the same settings (see `prepare_run_folder`, which this calls: with
     `overwrite=True` the previous results are deleted here).
     """
-    _device(config.device)
+    resolve_device(config.device)
     data = load_dataset(config.dataset, config.data_root)
     for model_name in config.models:
         build_for_dataset(model_name, config.dataset, config.image_size)
@@ -279,7 +271,7 @@ def run_comparison(
     `data` (from `check_run`) skips loading the dataset again.
     """
     say = log if log is not None else (tqdm.write if progress else print)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     if data is None:
         data = check_run(config, overwrite=overwrite)
     else:
@@ -481,12 +473,6 @@ def first_inputs(train: DataLoader, count: int) -> torch.Tensor:
         if sum(len(b) for b in xs) >= count:
             break
     return torch.cat(xs)[:count]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from coreprune.checks import check_int
+
 from .cifar import load_cifar10, load_cifar100
 from .mnist import load_fashion_mnist, load_mnist
 from .raw import ImageData
@@ -163,14 +165,6 @@ class Loaders(NamedTuple):
     test: DataLoader
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
 def make_loaders(
     name: str = "fashion_mnist",
     root: str | os.PathLike[str] | None = None,
@@ -199,20 +193,21 @@ def make_loaders(
       ``val_fraction`` and ``seed`` are then ignored.
     """
     spec = dataset_spec(name)
-    _check_positive_int(batch_size, "batch_size")
-    eval_batch = _check_positive_int(
-        batch_size if eval_batch_size is None else eval_batch_size, "eval_batch_size"
+    check_int(batch_size, "batch_size", minimum=1)
+    eval_batch = check_int(
+        batch_size if eval_batch_size is None else eval_batch_size, "eval_batch_size", minimum=1
     )
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-    size = spec.native_size if image_size is None else _check_positive_int(image_size, "image_size")
+    check_int(num_workers, "num_workers", minimum=0)
+    size = (
+        spec.native_size if image_size is None else check_int(image_size, "image_size", minimum=1)
+    )
     if size < spec.native_size:
         raise ValueError(
             f"image_size={size} is smaller than {name}'s {spec.native_size} px; "
             "only padding is supported, use image_size >= native size"
         )
     if limit is not None:
-        _check_positive_int(limit, "limit")
+        check_int(limit, "limit", minimum=1)
     if data is None:
         data = load_dataset(name, root)
     elif not isinstance(data, ImageData):

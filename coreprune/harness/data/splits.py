@@ -9,15 +9,9 @@ from pathlib import Path
 
 import torch
 
+from coreprune.checks import check_fraction, check_int
+
 _FORMAT = "coreprune.split/1"
-
-
-def _check_n(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 2:
-        raise ValueError(f"n must be >= 2 to leave both a train and a validation part, got {n}")
-    return n
 
 
 def train_val_split(
@@ -28,13 +22,9 @@ def train_val_split(
     The validation part has ``round(n * val_fraction)`` examples, drawn by a CPU
     ``torch.Generator`` seeded with ``seed``, so the split is the same on every machine.
     """
-    n = _check_n(n)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise TypeError(f"val_fraction must be a float, got {type(val_fraction).__name__}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    n = check_int(n, "n (at least 2, to leave both a train and a validation part)", minimum=2)
+    check_fraction(val_fraction, "val_fraction")
+    check_int(seed, "seed")
     n_val = round(n * val_fraction)
     if not 1 <= n_val <= n - 1:
         raise ValueError(

@@ -1,29 +1,22 @@
 """Argument validation shared by the model constructors, so every model rejects bad input
-with the same clear messages."""
+with the same clear messages (the library's own validators from ``coreprune.checks``, named
+for what the constructors ask)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+
+from coreprune.checks import check_float, check_int
 
 
 def check_positive_int(value: object, name: str) -> int:
-    """Return ``value`` if it is a positive int (bools are rejected), else raise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    """Return ``value`` if it is an int >= 1 (``coreprune.checks.check_int``'s rules)."""
+    return check_int(value, name, minimum=1)
 
 
 def check_width(width_multiplier: object) -> float:
-    """Return a finite, positive width multiplier, else raise."""
-    if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, (int, float)):
-        raise TypeError(f"width_multiplier must be a float, got {type(width_multiplier).__name__}")
-    value = float(width_multiplier)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"width_multiplier must be a finite number > 0, got {width_multiplier}")
-    return value
+    """Return a finite, positive width multiplier as a float, else raise."""
+    return check_float(width_multiplier, "width_multiplier", low=0.0, low_open=True)
 
 
 def scaled(channels: int, width_multiplier: float, name: str = "width_multiplier") -> int:
