@@ -8,10 +8,13 @@ and what we changed.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from .schedules import Schedule, check_schedule, check_warmup
+from coreprune.checks import check_int
+
+from .schedules import Schedule
+from .settings import TrainSettings
 
 _HE_2016 = (
     "He et al. 2016 (CIFAR-10, sec. 4.2): lr 0.1, momentum 0.9, wd 1e-4, batch 128, lr/10 at "
@@ -60,38 +63,12 @@ class Recipe:
     warmup_factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
-            raise TypeError(f"batch_size must be an int, got {type(self.batch_size).__name__}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("lr", "weight_decay", "momentum"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError(
-                f"need lr > 0, weight_decay >= 0 and 0 <= momentum < 1, got lr={self.lr}, "
-                f"weight_decay={self.weight_decay}, momentum={self.momentum}"
-            )
-        check_schedule(self.schedule, self.milestones, self.gamma)
-        check_warmup(self.warmup_epochs, self.warmup_factor, self.epochs)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        TrainSettings(**self.fit_kwargs(), seed=None)  # fit's own checks, before any training
 
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``fit`` this recipe sets."""
-        return {
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-            "schedule": self.schedule,
-            "milestones": self.milestones,
-            "gamma": self.gamma,
-            "warmup_epochs": self.warmup_epochs,
-            "warmup_factor": self.warmup_factor,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(TrainSettings) if f.name != "seed"}
 
     @property
     def final_lr(self) -> float:

@@ -4,7 +4,7 @@ give at each step; a checkpoint records them so a resume can refuse different on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from coreprune.checks import check_bool, check_float, check_int
@@ -61,18 +61,6 @@ class TrainSettings:
 
     def config(self, steps_per_epoch: int, world_size: int) -> dict[str, Any]:
         """Everything a resumed run must share with the run that wrote the checkpoint."""
-        return {
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-            "schedule": self.schedule,
-            "milestones": list(self.milestones),
-            "gamma": self.gamma,
-            "warmup_epochs": self.warmup_epochs,
-            "warmup_factor": self.warmup_factor,
-            "seed": self.seed,
-            "steps_per_epoch": steps_per_epoch,
-            "world_size": world_size,
-        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["milestones"] = list(self.milestones)  # as JSON and checkpoints hold it
+        return {**values, "steps_per_epoch": steps_per_epoch, "world_size": world_size}
