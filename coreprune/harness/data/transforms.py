@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from coreprune.checks import check_fraction, check_int
+
 
 def _check_batch(batch: torch.Tensor, name: str) -> None:
     if batch.ndim != 4:
@@ -55,9 +57,7 @@ class PadTo:
     """Zero-pad (black) each image symmetrically to ``size`` x ``size`` (e.g. 28 -> 32)."""
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        self.size = size
+        self.size = check_int(size, "size", minimum=1)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _check_batch(batch, "PadTo")
@@ -76,9 +76,7 @@ class RandomCrop:
     independent random offset per image (the usual CIFAR augmentation)."""
 
     def __init__(self, padding: int, generator: torch.Generator | None = None) -> None:
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-        self.padding = padding
+        self.padding = check_int(padding, "padding", minimum=0)
         self.generator = generator
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -103,9 +101,7 @@ class RandomHorizontalFlip:
     """Mirror each image left-right with probability ``p``, independently."""
 
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_fraction(p, "p (a probability)", low_open=False, high_open=False)
         self.generator = generator
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:

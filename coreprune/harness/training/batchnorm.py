@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from coreprune.checks import check_int
+
 __all__ = ["recalibrated_copy"]
 
 
@@ -23,8 +25,7 @@ def recalibrated_copy(
     returned in eval mode (a model without batch norm: an unchanged copy in its own mode);
     `model` itself is left untouched.
     """
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
-        raise ValueError(f"batches must be an int >= 1, got {batches!r}")
+    check_int(batches, "batches", minimum=1)
     work = copy.deepcopy(model).to(device)
     norms = [m for m in work.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from coreprune.checks import check_int
 from coreprune.harness.data import dataset_spec
 from coreprune.harness.models import MODEL_NAMES, build_model
 
@@ -48,10 +49,8 @@ def model_kwargs(model: str, dataset: str, image_size: int | None = None) -> dic
     spec = dataset_spec(dataset)
     if image_size is None:
         size = default_image_size(name, dataset)
-    elif isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise TypeError(f"image_size must be an int or None, got {type(image_size).__name__}")
     else:
-        size = image_size
+        size = check_int(image_size, "image_size (or None)")
     if size < spec.native_size:
         raise ValueError(
             f"image_size={size} is smaller than {dataset}'s {spec.native_size} px; "

@@ -7,6 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+from coreprune.checks import check_float, check_int
+
 Schedule = Literal["cosine", "step", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 
@@ -27,17 +29,13 @@ def check_schedule(schedule: str, milestones: Sequence[float], gamma: float) -> 
 
 def check_warmup(warmup_epochs: object, warmup_factor: object, epochs: int) -> None:
     """Validate a constant warm-up: ``warmup_epochs`` in [0, epochs), factor in (0, 1]."""
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int):
-        raise TypeError(f"warmup_epochs must be an int, got {type(warmup_epochs).__name__}")
+    warmup_epochs = check_int(warmup_epochs, "warmup_epochs")
     if not 0 <= warmup_epochs < epochs:
         raise ValueError(
             f"warmup_epochs must lie in [0, epochs={epochs}), got {warmup_epochs}; "
             "use 0 for no warm-up"
         )
-    if isinstance(warmup_factor, bool) or not isinstance(warmup_factor, (int, float)):
-        raise TypeError(f"warmup_factor must be a number, got {type(warmup_factor).__name__}")
-    if not 0.0 < warmup_factor <= 1.0:
-        raise ValueError(f"warmup_factor must lie in (0, 1], got {warmup_factor}")
+    check_float(warmup_factor, "warmup_factor", low=0.0, high=1.0, low_open=True)
 
 
 def lr_factor(
