@@ -25,6 +25,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -275,6 +276,80 @@ def write(results: dict[str, list[dict]], info: dict, command: str, out: Path) -
     (out / "compress.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def resnet50_like() -> torch.nn.Module:
+    """ResNet-50's layout in plain PyTorch (the replica the group tests use), 1000 classes."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.compress.patterns import ResNet50Like
+
+    torch.manual_seed(0)
+    return ResNet50Like()
+
+
+def run_groups(repeats: int) -> list[dict]:
+    """Data-free coreset at target 0.5 with coupled channel groups (residual streams pruned)
+    and with single pairs only, on a ResNet-50-like model and the library's ResNet-20; and
+    the time to return when nothing is removed (eps=1e-12)."""
+    rows = []
+    builders = {"resnet50-like (224x224 layout)": resnet50_like,
+                "resnet20": lambda: build_model("resnet20", in_channels=3)}  # fmt: skip
+    for label, build in builders.items():
+        model = build()
+        cases: list[tuple[str, dict[str, Any]]] = [
+                 ("target 0.5, groups=True", {"target": 0.5}),
+                 ("target 0.5, groups=False", {"target": 0.5, "groups": False}),
+                 ("eps 1e-12 (nothing removed)", {"eps": 1e-12})]  # fmt: skip
+        for case, kwargs in cases:
+            times, result = [], None
+            for _ in range(repeats):
+                start = time.perf_counter()
+                result = compress(model, progress=False, **kwargs)
+                times.append(time.perf_counter() - start)
+            assert result is not None
+            report = result.report
+            coupled = sum("coupled group" in r.note for r in report)
+            rows.append({
+                "model": label, "case": case, "median_s": statistics.median(times),
+                "min_s": min(times), "max_s": max(times), "runs": repeats,
+                "params_removed": report.params_removed, "rows": len(report),
+                "coupled": coupled,
+            })  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def write_groups(rows: list[dict], info: dict, command: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "compress_groups.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "# Coupled channel groups: compression wall time",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores (shared with other jobs), torch "
+        f"{info['torch']}, Python {info['python']}, {info['threads']} thread(s), {info['date']}, "
+        f"load average {info['loadavg_start']:.2f} at start, {info['loadavg_end']:.2f} at end.",
+        "",
+        "Data-free coreset (`calibration=None`), select mode, uniform allocation, params target, "
+        "default sensitivity and compensation (merge for single pairs; coupled groups are left "
+        "sliced). Freshly initialised weights. Target: ResNet-50-like at 0.5 in under 30 s.",
+        "",
+        "| model | case | rows | coupled rows | params removed | median s | min s | max s | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['case']} | {r['rows']} | {r['coupled']} | "
+            f"{100 * r['params_removed']:.2f}% | {r['median_s']:.2f} | {r['min_s']:.2f} | "
+            f"{r['max_s']:.2f} | {r['runs']} |"
+        )
+    (out / "compress_groups.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.5, 0.7])
@@ -284,9 +359,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating latency rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--groups", action="store_true", help="only the coupled-group timings (compress_groups.md)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     info = machine(args.threads)
+    if args.groups:
+        rows = run_groups(args.time_repeats)
+        info["loadavg_end"] = os.getloadavg()[0]
+        command = (
+            f"python benchmarks/bench_compress.py --groups --threads {args.threads} "
+            f"--time-repeats {args.time_repeats}"
+        )
+        write_groups(rows, info, command, args.out)
+        print((args.out / "compress_groups.md").read_text())
+        return
     results = run(
         tuple(args.targets), tuple(args.batches), args.repeats, args.time_repeats, args.rounds
     )

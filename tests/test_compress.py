@@ -92,8 +92,12 @@ def test_every_registry_model_compresses(name: str) -> None:
         assert report.achieved == pytest.approx(report.params_removed)
         for row in report:
             assert 1 <= row.units_after <= row.units_before
-            assert row.eps is not None and row.query is not None
-            modules = [small.get_submodule(n) for n in (row.producer, row.norm, row.consumer) if n]
+            if "coupled group" in row.note:  # residual streams: no worst-case certificate
+                assert row.eps is None and row.modules
+            else:
+                assert row.eps is not None and row.query is not None
+            names = row.modules or [n for n in (row.producer, row.norm, row.consumer) if n]
+            modules = [small.get_submodule(n) for n in names]
             assert row.params_after == sum(count_params(m) for m in modules)
 
 
@@ -126,7 +130,7 @@ def test_masked_dense_model_equals_the_smaller_one(name: str) -> None:
     for mode in ("select", "sample"):
         result = compress(
             model, target=0.5, mode=mode, generator=torch.Generator().manual_seed(0),
-            sensitivity="leverage", compensate="none", progress=False,
+            sensitivity="leverage", compensate="none", groups=False, progress=False,
         )  # fmt: skip
         if mode == "select":
             assert all(torch.all(row.scale == 1) for row in result.report)
@@ -206,7 +210,9 @@ def test_global_allocation_meets_the_target_with_one_common_eps() -> None:
 
 def test_global_data_free_removes_the_same_count_per_layer() -> None:
     """Data-free on convs every sensitivity is 1, so eps is the number removed in each layer."""
-    result = compress(_model("resnet20"), target=0.3, allocation="global", progress=False)
+    result = compress(
+        _model("resnet20"), target=0.3, allocation="global", groups=False, progress=False
+    )
     removed = {r.units_before - r.units_after for r in result.report if r.units_after > 1}
     assert len(removed) == 1
     assert all(r.eps == r.units_before - r.units_after for r in result.report)
@@ -226,9 +232,11 @@ def test_macs_budget_is_counted_by_the_flop_counter() -> None:
 def test_unreachable_target_is_an_error_naming_the_reachable_maximum() -> None:
     model = _model("resnet20")
     with pytest.raises(ValueError, match=r"cannot be reached.*at most 0\.8\d+ can be removed"):
-        compress(model, target=0.9, progress=False)
+        compress(model, target=0.9, groups=False, progress=False)
     with pytest.raises(ValueError, match="at most"):
-        compress(model, target=0.9, floor=0.0, progress=False)  # 1 unit per pair: still short
+        compress(model, target=0.9, floor=0.0, groups=False, progress=False)  # still short
+    with pytest.raises(ValueError, match="at most"):  # residual streams pruned too: 0.985
+        compress(model, target=0.99, progress=False)
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "global"])

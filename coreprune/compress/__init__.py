@@ -3,7 +3,7 @@
 
 from coreprune.compress.allocate import ALLOCATIONS
 from coreprune.compress.api import compress
-from coreprune.compress.apply import PairCut, apply_plan, cut_pair
+from coreprune.compress.apply import GroupCut, PairCut, apply_plan, cut_group, cut_groups, cut_pair
 from coreprune.compress.capture import MAX_CALIBRATION_ROWS, capture_input, capture_output
 from coreprune.compress.choose import DEFAULT_RANK
 from coreprune.compress.cost import METRICS, CostModel, count_macs, count_params
@@ -20,6 +20,7 @@ __all__ = [
     "CompressReport",
     "CompressResult",
     "CostModel",
+    "GroupCut",
     "LayerRow",
     "PairCut",
     "apply_plan",
@@ -28,5 +29,7 @@ __all__ = [
     "compress",
     "count_macs",
     "count_params",
+    "cut_group",
+    "cut_groups",
     "cut_pair",
 ]

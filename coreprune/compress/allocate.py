@@ -23,6 +23,7 @@ __all__ = [
     "global_by_scores",
     "keep_top",
     "reachable_maximum",
+    "refine_up",
     "uniform",
 ]
 
@@ -76,6 +77,32 @@ def uniform(
 
     best = last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= target)
     return keeps_at(candidates[best] if best is not None else Fraction(0))
+
+
+def refine_up(
+    cost: CostModel,
+    units: Sequence[int],
+    keeps: Sequence[int],
+    target: float,
+    round_to: int = 1,
+) -> list[int]:
+    """`keeps` raised one step (`round_to` units) at a time, the lowest kept fraction first,
+    while the target still holds: a common fraction overshoots when widths are few and coupled
+    (one residual stream step is a large share of the model), so the result lands just above
+    the target instead."""
+    out = list(keeps)
+    while True:
+        order = sorted(range(len(out)), key=lambda i: (out[i] / units[i], i))
+        for i in order:
+            if out[i] >= units[i]:
+                continue
+            trial = list(out)
+            trial[i] = round_up(out[i] + round_to, units[i], round_to)
+            if cost.removed(trial) >= target:
+                out = trial
+                break
+        else:
+            return out
 
 
 def keep_top(ranked: torch.Tensor, count: int) -> torch.Tensor:

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from coreprune.surgery.graph import PrunablePair
-from coreprune.surgery.registry import layer_kind
+from coreprune.surgery.groups import ChannelGroup
+from coreprune.surgery.registry import layer_kind, norm_kind, slice_channel_tensors, slice_depthwise
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.torch_utils import replace_submodule
 
-__all__ = ["PairCut", "apply_plan", "cut_pair"]
+__all__ = ["GroupCut", "PairCut", "apply_plan", "cut_group", "cut_groups", "cut_pair"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,14 @@ class PairCut:
     scale: torch.Tensor | None = None
     consumer_weight: torch.Tensor | None = None
     consumer_bias: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class GroupCut:
+    """What to do to one channel group: `keep` are the channels that stay (indices into the
+    group's `width` channels); every member is sliced, no weight is rescaled."""
+
+    keep: torch.Tensor
 
 
 def _check_cut(cut: object, n: int, pair: PrunablePair) -> torch.Tensor:
@@ -116,3 +125,92 @@ def apply_plan(
     for pair, cut in zip(pairs, cuts, strict=True):
         cut_pair(work, pair, cut)
     return work
+
+
+def _check_group_keep(cut: object, group: ChannelGroup) -> torch.Tensor:
+    label = group.producers[0] if group.producers else "group"
+    if not isinstance(cut, GroupCut):
+        raise TypeError(f"cut for group {label!r} must be a GroupCut, got {type(cut).__name__}")
+    keep = cut.keep
+    if not isinstance(keep, torch.Tensor) or keep.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"GroupCut.keep for {label!r} must be an integer tensor of indices")
+    keep = keep.flatten().long().cpu()
+    n = group.width
+    if keep.numel() == 0:
+        raise ValueError(f"GroupCut.keep for {label!r} is empty; keep at least one channel")
+    if keep.min() < 0 or keep.max() >= n or torch.unique(keep).numel() != keep.numel():
+        raise ValueError(f"GroupCut.keep for {label!r} must hold distinct indices in [0, {n})")
+    return torch.sort(keep).values
+
+
+def cut_groups(model: nn.Module, groups: Sequence[ChannelGroup], cuts: Sequence[GroupCut]) -> None:
+    """Cut channel groups of `model` IN PLACE: every producer and gate on its output, every
+    consumer on its input, every norm / depthwise conv / channel-wise module on both sides.
+
+    Offsets in the groups refer to the model as `find_channel_groups` saw it, so groups that
+    share a module (the readers of a concatenation) must be cut in the same call; each module
+    is sliced once, with the union of the removed channels.
+    """
+    if len(groups) != len(cuts):
+        raise ValueError(f"got {len(groups)} groups but {len(cuts)} cuts; give one cut per group")
+    # (module, side) -> (total, kind, attrs, removed positions)
+    sides: dict[tuple[str, str], tuple[int, str, tuple[str, ...], list[torch.Tensor]]] = {}
+
+    def drop(name: str, side: str, offset: int, total: int, removed: torch.Tensor,
+             kind: str = "", attrs: tuple[str, ...] = ()) -> None:  # fmt: skip
+        entry = sides.setdefault((name, side), (total, kind, attrs, []))
+        if entry[0] != total:
+            raise ValueError(f"{name!r} is read with {entry[0]} and {total} channels")
+        entry[3].append(removed + offset)
+
+    for group, cut in zip(groups, cuts, strict=True):
+        keep = _check_group_keep(cut, group)
+        mask = torch.ones(group.width, dtype=torch.bool)
+        mask[keep] = False
+        removed = torch.nonzero(mask).flatten()
+        for name in (*group.producers, *group.gates):
+            drop(name, "out", 0, group.width, removed)
+        for consumer in group.consumers:
+            drop(consumer.name, "in", consumer.offset, consumer.total, removed)
+        for member in group.channelwise:
+            drop(member.name, "both", member.offset, member.total, removed, member.kind,
+                 member.attrs)  # fmt: skip
+    for (name, side), (total, kind, attrs, parts) in sides.items():
+        module = model.get_submodule(name)
+        mask = torch.ones(total, dtype=torch.bool)
+        mask[torch.cat(parts)] = False
+        kept = torch.nonzero(mask).flatten()
+        replace_submodule(model, name, _slice_side(module, name, side, total, kept, kind, attrs))
+
+
+def _slice_side(
+    module: nn.Module, name: str, side: str, total: int, keep: torch.Tensor, kind: str,
+    attrs: tuple[str, ...],
+) -> nn.Module:  # fmt: skip
+    layer = layer_kind(module)
+    if side == "out":
+        assert layer is not None
+        if layer.out_units(module) != total:
+            raise ValueError(f"{name!r} has {layer.out_units(module)} outputs, expected {total}")
+        return layer.slice_outputs(module, keep)
+    if side == "in":
+        assert layer is not None
+        width = layer.in_units(module)
+        if width % total:
+            raise ValueError(f"{name!r} reads {width} inputs, not a multiple of {total}")
+        return layer.slice_inputs(module, total, keep, None)
+    if kind == "depthwise":
+        assert isinstance(module, nn.Conv2d)
+        return slice_depthwise(module, keep)
+    if kind == "norm":
+        norm = norm_kind(module)
+        assert norm is not None
+        if norm.units(module) != total:
+            raise ValueError(f"{name!r} has {norm.units(module)} channels, expected {total}")
+        return norm.slice(module, keep)
+    return slice_channel_tensors(module, keep, attrs or None)
+
+
+def cut_group(model: nn.Module, group: ChannelGroup, cut: GroupCut) -> None:
+    """Cut one channel group of `model` IN PLACE (see `cut_groups`)."""
+    cut_groups(model, [group], [cut])

@@ -15,16 +15,17 @@ from torch import nn
 
 from coreprune.compress.capture import capture_input, input_rows
 from coreprune.coreset.certificate import Certificate
-from coreprune.coreset.empirical import empirical_unit_scores
+from coreprune.coreset.empirical import empirical_sensitivities, empirical_unit_scores
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
 from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.groups import ChannelGroup
 from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
 
-__all__ = ["CHOICES", "Choice", "CoresetChooser"]
+__all__ = ["CHOICES", "Choice", "CoresetChooser", "GroupScores", "group_scores"]
 
 CHOICES = ("certified", "empirical")
 DEFAULT_RANK = 8
@@ -257,3 +258,68 @@ class CoresetChooser:
             total_sensitivity=sens.total,
         )  # fmt: skip
         return keep_sub, cert
+
+
+@dataclass(frozen=True)
+class GroupScores:
+    """A coupled group's channel scores (n,), the per-row sensitivities behind them
+    (rows of all consumers stacked, k x n) and how they were computed."""
+
+    per_unit: torch.Tensor
+    per_next: torch.Tensor
+    how: str
+
+    def curve(self) -> torch.Tensor:
+        """Largest summed sensitivity of any consumer row after removing the m lowest-scored
+        channels, m = 0..n (the global allocation's error proxy; not a certificate)."""
+        order = torch.argsort(self.per_unit, stable=True)
+        cumulative = self.per_next[:, order].cumsum(dim=1).max(dim=0).values
+        return torch.cat([torch.zeros(1, dtype=torch.float64), cumulative])
+
+
+def group_scores(
+    model: nn.Module, group: ChannelGroup, calibration: torch.Tensor | None
+) -> GroupScores:
+    """The coreset's score of each channel of a coupled group, read on `model` as it is.
+
+    Each consumer c reads the channels through U_c (`next_weights`). With `calibration`, a
+    channel's score is the sum over consumers of its empirical sensitivity
+    max_j max_x |U_jl a_l(x)| / sum_m |U_jm a_m(x)| on the consumer's actual inputs
+    (`coreprune.coreset.empirical`). Data-free, every channel gets the envelope
+    m_l = sum over producers of ||p_l|| (its folded unit vector, bias included: |p_l . x~| <=
+    ||p_l|| ||x~||), the other channels of a concatenation the group's largest envelope, and the
+    same ratio is taken with a_l = m_l: the worst-case share of each consumer row, summed over
+    consumers. Neither is a certificate: the channels are sums over several paths.
+    """
+    rows: list[torch.Tensor] = []
+    envelope: torch.Tensor | None = None
+    if calibration is None:
+        for producer_name, norm_name in zip(group.producers, group.producer_norms, strict=True):
+            producer = model.get_submodule(producer_name)
+            norm = None if norm_name is None else model.get_submodule(norm_name)
+            norms = torch.linalg.vector_norm(layer_units(producer, norm), dim=1).cpu()  # type: ignore[arg-type]
+            envelope = norms if envelope is None else envelope + norms
+        assert envelope is not None
+    lo, n = 0, group.width
+    for consumer in group.consumers:
+        module = model.get_submodule(consumer.name)
+        reading = next_weights(module, consumer.total)  # type: ignore[arg-type]
+        if calibration is not None:
+            acts = capture_input(model, consumer.name, calibration)
+            if acts.ndim == 2 and consumer.block > 1:  # flatten -> Linear: one row per position
+                acts = acts.reshape(acts.shape[0], consumer.total, consumer.block, 1)
+        else:
+            assert envelope is not None
+            full = torch.full((consumer.total,), float(envelope.max()), dtype=torch.float64)
+            full[consumer.offset : consumer.offset + n] = envelope
+            acts = full[None, :]
+        sens = empirical_sensitivities(acts, reading.to(acts.device)).cpu()
+        rows.append(sens[:, consumer.offset + lo : consumer.offset + n])
+    per_next = torch.cat(rows, dim=0)
+    per_unit = torch.stack([r.max(dim=0).values for r in rows]).sum(dim=0)
+    how = (
+        "empirical sensitivity on calibration data"
+        if calibration is not None
+        else ("data-free envelope share")
+    )
+    return GroupScores(per_unit, per_next, how + ", summed over consumers")

@@ -8,7 +8,7 @@ and input units, so `CostModel` knows the whole model's cost exactly from the ke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.groups import ChannelGroup, group_from_pair
 from coreprune.surgery.registry import layer_kind, norm_kind
 from coreprune.torch_utils import eval_mode
 
@@ -107,27 +108,43 @@ def removed_fraction(before: int, after: int) -> float:
 
 
 @dataclass(frozen=True)
+class _Width:
+    """A module side's channel count: `base` plus the kept count of each group in `groups`
+    (`dense` is the count with nothing pruned)."""
+
+    dense: int
+    groups: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
+
+    def at(self, keeps: Sequence[int] | None) -> int:
+        if keeps is None or not self.groups:
+            return self.dense
+        return self.dense + sum(keeps[g] - w for g, w in zip(self.groups, self.widths, strict=True))
+
+
+@dataclass(frozen=True)
 class _Term:
-    """A module's cost: product * out * in + linear * out, out/in possibly a pair's kept units."""
+    """A module's cost: product * out * in + linear * out, out/in possibly group-indexed."""
 
     product: int
     linear: int
-    out_units: int
-    in_units: int
-    out_pair: int | None
-    in_pair: int | None
+    out: _Width
+    inp: _Width
 
     def cost(self, keeps: Sequence[int] | None) -> int:
-        out = self.out_units if keeps is None or self.out_pair is None else keeps[self.out_pair]
-        inp = self.in_units if keeps is None or self.in_pair is None else keeps[self.in_pair]
-        return self.product * out * inp + self.linear * out
+        out = self.out.at(keeps)
+        return self.product * out * self.inp.at(keeps) + self.linear * out
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """The model's params or MACs as an exact function of the kept units of every pair.
+    """The model's params or MACs as an exact function of the kept units of every pair (or
+    channel group).
 
-    `cost(keeps)` is the total with `keeps[i]` units kept in pair i (None: the dense model).
+    `cost(keeps)` is the total with `keeps[i]` units kept in pair (group) i (None: dense). Every
+    member of a group is covered: producers and gates (out side), consumers (in side), norms,
+    depthwise convs and channel-wise modules (linear in the group's channels); a module reading
+    a concatenation has its input width summed over the groups it reads.
     """
 
     metric: str
@@ -143,6 +160,18 @@ class CostModel:
         example_input: Inputs | None = None,
     ) -> CostModel:
         """The cost model of `model` pruned at `pairs` (MACs need `example_input`)."""
+        groups = [group_from_pair(model, pair) for pair in pairs]
+        return cls.build_groups(model, groups, metric, example_input)
+
+    @classmethod
+    def build_groups(
+        cls,
+        model: nn.Module,
+        groups: Sequence[ChannelGroup],
+        metric: str = "params",
+        example_input: Inputs | None = None,
+    ) -> CostModel:
+        """The cost model of `model` pruned at channel `groups` (MACs need `example_input`)."""
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
         macs: dict[str, int] | None = None
@@ -150,27 +179,30 @@ class CostModel:
             if example_input is None:
                 raise ValueError("metric='macs' needs example_input (a batch the model accepts)")
             macs = module_macs(model, as_args(example_input))
-        units = [_out_units(model.get_submodule(p.producer)) for p in pairs]
-        roles: dict[str, dict[str, int]] = {}
-        for i, pair in enumerate(pairs):
-            roles.setdefault(pair.producer, {})["out"] = i
-            roles.setdefault(pair.consumer, {})["in"] = i
-            if pair.norm is not None:
-                roles.setdefault(pair.norm, {})["out"] = i
+        sides: dict[str, _Sides] = {}
+        for index, group in enumerate(groups):
+            for name in (*group.producers, *group.gates):
+                sides.setdefault(name, _Sides()).out.append((index, group.width))
+            for consumer in group.consumers:
+                side = sides.setdefault(consumer.name, _Sides())
+                side.inp.append((index, group.width))
+                side.block = consumer.block
+            for member in group.channelwise:
+                side = sides.setdefault(member.name, _Sides())
+                side.both.append((index, group.width))
+                side.kind, side.attrs = member.kind, member.attrs
         terms: list[_Term] = []
         covered = 0
-        for name, role in roles.items():
+        for name, side in sides.items():
             module = model.get_submodule(name)
-            terms.append(_term(module, name, role, units, metric, macs))
-            if macs is None:
-                covered += sum(p.numel() for p in module.parameters(recurse=False))
-            else:
-                covered += macs.get(name, 0)
+            term, own = _term(module, name, side, metric, macs)
+            terms.append(term)
+            covered += own
         total = count_params(model) if macs is None else macs["__total__"]
         return cls(metric, total - covered, tuple(terms))
 
     def cost(self, keeps: Sequence[int] | None = None) -> int:
-        """The model's total with `keeps[i]` units kept in pair i (None: dense)."""
+        """The model's total with `keeps[i]` units kept in pair (group) i (None: dense)."""
         return self.fixed + sum(t.cost(keeps) for t in self.terms)
 
     def removed(self, keeps: Sequence[int]) -> float:
@@ -178,46 +210,83 @@ class CostModel:
         return removed_fraction(self.cost(None), self.cost(keeps))
 
 
-def _out_units(module: nn.Module) -> int:
-    kind = layer_kind(module)
-    if kind is None:
-        raise TypeError(f"{type(module).__name__} is not a prunable layer type")
-    return kind.out_units(module)
+@dataclass
+class _Sides:
+    out: list[tuple[int, int]] = field(default_factory=list)
+    inp: list[tuple[int, int]] = field(default_factory=list)
+    both: list[tuple[int, int]] = field(default_factory=list)
+    block: int = 1
+    kind: str = ""
+    attrs: tuple[str, ...] = ()
+
+
+def _width(dense: int, parts: Sequence[tuple[int, int]]) -> _Width:
+    return _Width(dense, tuple(g for g, _ in parts), tuple(w for _, w in parts))
+
+
+def _own_params(module: nn.Module, attrs: tuple[str, ...] = ()) -> int:
+    if attrs:
+        return sum(
+            t.numel() for a in attrs if isinstance(t := getattr(module, a, None), nn.Parameter)
+        )
+    return sum(p.numel() for p in module.parameters(recurse=False))
 
 
 def _term(
-    module: nn.Module,
-    name: str,
-    role: dict[str, int],
-    units: Sequence[int],
-    metric: str,
-    macs: dict[str, int] | None,
-) -> _Term:
-    out_pair, in_pair = role.get("out"), role.get("in")
-    norm = norm_kind(module)
-    if norm is not None:
-        linear = norm.params_per_unit(module) if metric == "params" else 0
-        return _Term(0, linear, norm.units(module), 1, out_pair, None)
+    module: nn.Module, name: str, side: _Sides, metric: str, macs: dict[str, int] | None
+) -> tuple[_Term, int]:
+    """The module's term and the part of the total it covers."""
+    own = _own_params(module, side.attrs) if macs is None else macs.get(name, 0)
+    if side.both:
+        norm = norm_kind(module)
+        channels = _channel_count(module, side)
+        width = _width(channels, side.both)
+        if metric == "params":
+            per_channel, rest = divmod(own, channels)
+            if rest:
+                raise ValueError(
+                    f"module {name!r} ({type(module).__name__}) has {own} parameters, not a "
+                    f"multiple of its {channels} channels; it cannot be budgeted"
+                )
+            if norm is not None and per_channel != norm.params_per_unit(module):
+                raise ValueError(f"norm {name!r} has parameters beyond its affine scale/shift")
+            return _Term(0, per_channel, width, _Width(1)), own
+        if own % channels:
+            raise ValueError(f"MACs of {name!r} ({own}) are not linear in its channels")
+        return _Term(0, own // channels, width, _Width(1)), own
     kind = layer_kind(module)
-    assert kind is not None
+    if kind is None:
+        raise TypeError(f"{type(module).__name__} ({name!r}) is not a prunable layer type")
     out_units = kind.out_units(module)
     in_units = kind.in_units(module)
     per_in = kind.weights_per_pair(module)
-    if in_pair is not None and in_units != units[in_pair]:
-        per_in *= in_units // units[in_pair]  # a flatten block: each unit feeds several inputs
-        in_units = units[in_pair]
+    if side.block > 1:
+        per_in *= side.block  # a flatten block: each channel feeds several inputs
+        in_units //= side.block
+    out, inp = _width(out_units, side.out), _width(in_units, side.inp)
     if metric == "params":
         linear = kind.bias_params(module)
-        actual = sum(p.numel() for p in module.parameters(recurse=False))
-        if per_in * out_units * in_units + linear * out_units != actual:
+        if per_in * out_units * in_units + linear * out_units != own:
             raise ValueError(
-                f"module {name!r} ({type(module).__name__}) has {actual} parameters, not the "
+                f"module {name!r} ({type(module).__name__}) has {own} parameters, not the "
                 "weight + bias its shape implies; a subclass with extra parameters cannot be "
                 "budgeted"
             )
-        return _Term(per_in, linear, out_units, in_units, out_pair, in_pair)
-    assert macs is not None
-    total = macs.get(name, 0)
-    if total % (out_units * in_units):
-        raise ValueError(f"MACs of {name!r} ({total}) are not bilinear in its units")
-    return _Term(total // (out_units * in_units), 0, out_units, in_units, out_pair, in_pair)
+        return _Term(per_in, linear, out, inp), own
+    if own % (out_units * in_units):
+        raise ValueError(f"MACs of {name!r} ({own}) are not bilinear in its units")
+    return _Term(own // (out_units * in_units), 0, out, inp), own
+
+
+def _channel_count(module: nn.Module, side: _Sides) -> int:
+    if side.attrs:
+        return int(getattr(module, side.attrs[0]).shape[0])
+    norm = norm_kind(module)
+    if norm is not None:
+        return norm.units(module)
+    if isinstance(module, nn.Conv2d):
+        return int(module.out_channels)
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        if tensor.ndim == 1:
+            return int(tensor.shape[0])
+    raise ValueError(f"cannot tell how many channels {type(module).__name__} has")

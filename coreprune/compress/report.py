@@ -49,6 +49,7 @@ class LayerRow:
     compensate: str = "none"
     eps_rewired: float | None = None
     rewiring: str = ""
+    modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from coreprune.surgery.activations import Activation
 from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.groups import ChannelGroup
 
-__all__ = ["UnitGates", "unit_params"]
+__all__ = ["UnitGates", "group_gate_pairs", "reduce_group_scores", "unit_params"]
 
 
 class UnitGates:
@@ -97,3 +99,47 @@ def unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
             if isinstance(p, torch.Tensor):
                 out.append(p)
     return out
+
+
+def group_gate_pairs(groups: Sequence[ChannelGroup]) -> tuple[list[PrunablePair], list[int]]:
+    """Gate pairs for channel groups, and the group each one belongs to.
+
+    A simple group is its pair. A coupled group gets one pair per producer (the producer, the
+    batch norm right after it, and the group's first consumer), so `UnitGates` puts a gate on
+    every producer's post-norm output; with the same mask on all of them, a gate at 0 switches
+    the channel off on every path that writes it (exactly, for a residual stream whose norms sit
+    before the add). Gate producers (a squeeze-excitation's last layer) are not scored.
+    Scores are summed per group (`reduce_group_scores`): for gate derivatives this is the
+    derivative with respect to one gate shared by all producers of the channel.
+    """
+    pairs: list[PrunablePair] = []
+    owners: list[int] = []
+    for index, group in enumerate(groups):
+        if group.pair is not None:
+            pairs.append(group.pair)
+            owners.append(index)
+            continue
+        for producer, norm in zip(group.producers, group.producer_norms, strict=True):
+            pairs.append(
+                PrunablePair(
+                    producer, group.consumers[0].name, norm, Activation("identity"), False, (), ()
+                )
+            )
+            owners.append(index)
+    return pairs, owners
+
+
+def reduce_group_scores(
+    scores: Sequence[torch.Tensor], owners: Sequence[int], n_groups: int
+) -> list[torch.Tensor]:
+    """Per-group scores: the sum of the per-producer unit scores of each group."""
+    if len(scores) != len(owners):
+        raise ValueError(f"got {len(scores)} score vectors for {len(owners)} gate pairs")
+    out: list[torch.Tensor | None] = [None] * n_groups
+    for score, owner in zip(scores, owners, strict=True):
+        score = score.detach().double().cpu()
+        current = out[owner]
+        out[owner] = score if current is None else current + score
+    if any(s is None for s in out):
+        raise ValueError("a group has no scored producer")
+    return [s for s in out if s is not None]

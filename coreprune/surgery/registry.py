@@ -23,6 +23,8 @@ __all__ = [
     "NormKind",
     "layer_kind",
     "norm_kind",
+    "slice_channel_tensors",
+    "slice_depthwise",
     "unsupported_reason",
 ]
 
@@ -364,3 +366,43 @@ def unsupported_reason(module: object) -> str | None:
             "Conv1D with weight (nx, nf))"
         )
     return kind.unsupported(module)
+
+
+def slice_depthwise(module: nn.Conv2d, keep: torch.Tensor) -> nn.Conv2d:
+    """The kept channels of a depthwise conv (groups == in == out): both sides at once."""
+    if not (module.groups == module.in_channels == module.out_channels):
+        raise ValueError(
+            f"not a depthwise conv (groups={module.groups}, {module.in_channels} -> "
+            f"{module.out_channels})"
+        )
+    keep = keep.to(module.weight.device)
+    bias = None if module.bias is None else module.bias.index_select(0, keep)
+    new = _with_tensors(module, weight=module.weight.index_select(0, keep), bias=bias)
+    k = int(keep.numel())
+    new.in_channels = new.out_channels = new.groups = k
+    return new
+
+
+def slice_channel_tensors(
+    module: nn.Module, keep: torch.Tensor, attrs: tuple[str, ...] | None = None
+) -> nn.Module:
+    """A copy of a channel-wise module with its 1-D per-channel tensors (`attrs`, default all
+    floating-point parameters and buffers) cut to the kept channels; a `num_features` attribute
+    follows."""
+    names = attrs
+    if names is None:
+        names = tuple(
+            n
+            for n, t in [*module._parameters.items(), *module._buffers.items()]
+            if t is not None and t.is_floating_point()
+        )
+    pick: dict[str, torch.Tensor | None] = {}
+    for name in names:
+        tensor = getattr(module, name)
+        if tensor is None:
+            continue
+        pick[name] = tensor.index_select(0, keep.to(tensor.device))
+    new = _with_tensors(module, **pick)
+    if isinstance(getattr(new, "num_features", None), int):
+        new.num_features = int(keep.numel())
+    return new

@@ -55,7 +55,9 @@ def test_the_pruned_model_equals_the_dense_model_with_the_same_units_gated_off(
     setting: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
 ) -> None:
     model, x, y = setting
-    result = compress(model, target=0.5, method=SNIP((x, y), batch_size=8), progress=False)
+    result = compress(
+        model, target=0.5, method=SNIP((x, y), batch_size=8), groups=False, progress=False
+    )
     from coreprune.surgery.graph import find_prunable_pairs
 
     pairs, _ = find_prunable_pairs(model)
