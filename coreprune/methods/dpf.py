@@ -336,8 +336,9 @@ class _UnitMasker(_Masker):
     reads it (exactly what removing it does: every op between is channel-wise and maps 0 to 0),
     through x + (m x - x).detach(), so its filter still gets the gradient of the pruned model.
 
-    The per-pair unit counts are those `compress(target=..., method="magnitude")` keeps on the
-    original model; at the end exactly the units of the final mask are cut with `apply_plan`.
+    The per-pair unit counts are those `compress(target=..., method="magnitude", groups=False)`
+    keeps on the original model (single pairs: coupled channel groups such as residual streams
+    are left whole); at the end exactly the units of the final mask are cut with `apply_plan`.
     """
 
     def __init__(
@@ -353,8 +354,8 @@ class _UnitMasker(_Masker):
         self.example_input = example_input
         self.plan = compress(
             original, target=target, method="magnitude", pairs=pairs,
-            example_input=example_input, progress=False,
-        ).report  # fmt: skip
+            example_input=example_input, progress=False, groups=False,
+        ).report  # fmt: skip  # groups=False: one row per pair, the unit DPF masks
         self.pairs = _plan_pairs(original, self.plan, pairs)
         consumers = [p.consumer for p in self.pairs]
         if len(set(consumers)) != len(consumers):
