@@ -26,6 +26,11 @@ class LayerRow:
     certificate covers the consumer as sliced (and scaled). `compensate` names how the consumer was
     rewired; `eps_rewired` is the certified relative error of the rewired consumer (inf when the
     rewiring is not covered, None without a certificate), and `rewiring` describes the fit.
+
+    A coupled channel group (a residual stream, a gated or depthwise block, a concatenation) is
+    one row: `producer` / `consumer` join its producers / consumers with " + ", `modules` lists
+    every member (its params and MACs cover them all) and `eps` is None: worst-case
+    certificates cover single pairs only.
     """
 
     producer: str

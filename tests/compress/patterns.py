@@ -62,6 +62,45 @@ class BatchNormReLU(nn.BatchNorm2d):
         return F.relu(super().forward(x))
 
 
+class FunctionalNormAct(nn.Module):
+    """A norm + activation that is not a BatchNorm subclass: its own tensors, F.batch_norm and
+    ReLU in its forward (fx traces into it)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, 1e-5
+        )
+        return F.relu(y)
+
+
+class FunctionalNorm(nn.Module):
+    """conv -> functional norm + ReLU -> conv, with a residual add around the second conv, then
+    a 1x1 head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 40, 3, padding=1, bias=False)
+        self.norm1 = FunctionalNormAct(40)
+        self.conv2 = nn.Conv2d(40, 40, 3, padding=1, bias=False)
+        self.norm2 = FunctionalNormAct(40)
+        self.head = nn.Conv2d(40, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(self.conv1(x))
+        x = x + self.norm2(self.conv2(x))
+        return self.fc(F.relu(self.head(x)).mean((2, 3)))
+
+
 class FusedNormAct(nn.Module):
     """conv -> fused BN+ReLU -> conv -> fused BN+ReLU -> conv -> flatten -> Linear."""
 
@@ -215,8 +254,8 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     slicing errors show up in outputs."""
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
+        if isinstance(module, (nn.BatchNorm2d, FunctionalNormAct)):
+            n = int(module.running_mean.shape[0])  # type: ignore[union-attr]
             assert module.running_mean is not None and module.running_var is not None
             with torch.no_grad():
                 module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))

@@ -33,6 +33,7 @@ BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "inverted_residual": P.InvertedResidual,
     "squeeze_excite": P.SqueezeExcite,
     "fused_norm_act": P.FusedNormAct,
+    "functional_norm": P.FunctionalNorm,
     "dense_block": P.DenseBlock,
     "grouped_conv": P.GroupedConv,
     "resnet_stages": P.ResNetStages,
@@ -98,6 +99,15 @@ def test_fused_norm_activation_module_is_a_norm_member() -> None:
     first = _by_producers(groups)[("conv1",)]
     assert [(m.name, m.kind) for m in first.channelwise] == [("bn1", "norm")]
     assert [c.name for c in first.consumers] == ["conv2"]
+
+
+def test_functional_batch_norm_tensors_are_members() -> None:
+    groups, _ = find_channel_groups(_model("functional_norm"))
+    stream = _by_producers(groups)[("conv1", "conv2")]
+    tensors = [m for m in stream.channelwise if m.kind == "tensors"]
+    assert {m.name for m in tensors} == {"norm1", "norm2"}
+    assert set(tensors[0].attrs) == {"running_mean", "running_var", "weight", "bias"}
+    assert "residual add" in stream.joins
 
 
 def test_concatenation_keeps_each_input_space_with_offsets() -> None:
