@@ -22,6 +22,7 @@ __all__ = [
     "global_by_curves",
     "global_by_scores",
     "keep_top",
+    "keep_top_blocks",
     "reachable_maximum",
     "refine_up",
     "uniform",
@@ -35,9 +36,24 @@ def round_up(count: int, n: int, round_to: int) -> int:
     return min(n, math.ceil(count / round_to) * round_to)
 
 
-def floors_for(units: Sequence[int], floor: float, round_to: int = 1) -> list[int]:
-    """Minimum kept units per pair: ceil(floor * n), at least 1, rounded up to `round_to`."""
-    return [round_up(max(1, math.ceil(floor * n)), n, round_to) for n in units]
+Rounding = int | Sequence[int]
+
+
+def per_group(round_to: Rounding, count: int) -> list[int]:
+    """`round_to` for each of `count` pairs/groups (one value for all, or one each)."""
+    if isinstance(round_to, int):
+        return [round_to] * count
+    steps = list(round_to)
+    if len(steps) != count:
+        raise ValueError(f"round_to has {len(steps)} entries for {count} groups")
+    return steps
+
+
+def floors_for(units: Sequence[int], floor: float, round_to: Rounding = 1) -> list[int]:
+    """Minimum kept units per pair: ceil(floor * n), at least 1, rounded up to `round_to`
+    (one value, or one per pair/group)."""
+    steps = per_group(round_to, len(units))
+    return [round_up(max(1, math.ceil(floor * n)), n, r) for n, r in zip(units, steps, strict=True)]
 
 
 def reachable_maximum(cost: CostModel, floors: Sequence[int]) -> float:
@@ -62,17 +78,18 @@ def uniform(
     units: Sequence[int],
     floors: Sequence[int],
     target: float,
-    round_to: int = 1,
+    round_to: Rounding = 1,
 ) -> list[int]:
     """Largest common kept fraction f (k = max(floor, ceil(f n)), rounded up to `round_to`)
     that meets the target."""
     fractions = sorted({Fraction(k, n) for n in units for k in range(1, n + 1)})
     candidates = [Fraction(0), *fractions]
+    steps = per_group(round_to, len(units))
 
     def keeps_at(f: Fraction) -> list[int]:
         return [
-            round_up(max(lo, math.ceil(f * n)), n, round_to)
-            for n, lo in zip(units, floors, strict=True)
+            round_up(max(lo, math.ceil(f * n)), n, r)
+            for n, lo, r in zip(units, floors, steps, strict=True)
         ]
 
     best = last_true(candidates, lambda f: cost.removed(keeps_at(f)) >= target)
@@ -84,20 +101,21 @@ def refine_up(
     units: Sequence[int],
     keeps: Sequence[int],
     target: float,
-    round_to: int = 1,
+    round_to: Rounding = 1,
 ) -> list[int]:
     """`keeps` raised one step (`round_to` units) at a time, the lowest kept fraction first,
     while the target still holds: a common fraction overshoots when widths are few and coupled
     (one residual stream step is a large share of the model), so the result lands just above
     the target instead."""
     out = list(keeps)
+    steps = per_group(round_to, len(units))
     while True:
         order = sorted(range(len(out)), key=lambda i: (out[i] / units[i], i))
         for i in order:
             if out[i] >= units[i]:
                 continue
             trial = list(out)
-            trial[i] = round_up(out[i] + round_to, units[i], round_to)
+            trial[i] = round_up(out[i] + steps[i], units[i], steps[i])
             if cost.removed(trial) >= target:
                 out = trial
                 break
@@ -144,7 +162,7 @@ def global_by_curves(
     curves: Sequence[torch.Tensor],
     floors: Sequence[int],
     target: float,
-    round_to: int = 1,
+    round_to: Rounding = 1,
 ) -> tuple[list[int], float]:
     """Smallest common level whose per-layer removals meet the target.
 
@@ -152,13 +170,14 @@ def global_by_curves(
     least important units, non-decreasing in m. Returns the kept counts and the level.
     """
     values = sorted({float(v) for c in curves for v in c.tolist()})
+    steps = per_group(round_to, len(curves))
 
     def keeps_at(level: float) -> list[int]:
         out = []
-        for curve, lo in zip(curves, floors, strict=True):
+        for curve, lo, r in zip(curves, floors, steps, strict=True):
             n = curve.numel() - 1
             removable = int((curve[1:] <= level).sum())
-            out.append(round_up(max(lo, n - removable), n, round_to))
+            out.append(round_up(max(lo, n - removable), n, r))
         return out
 
     found = first_true(values, lambda e: cost.removed(keeps_at(e)) >= target)
@@ -190,14 +209,26 @@ def last_true(values: Sequence[Any], test: Callable[[Any], bool]) -> int | None:
     return lo - 1 if lo > 0 else None
 
 
+def keep_top_blocks(ranked: torch.Tensor, count: int, blocks: int) -> torch.Tensor:
+    """Mask keeping the `count` / `blocks` highest-ranked units of each of `blocks` equal
+    blocks (a grouped conv's channels); `count` must be a multiple of `blocks`."""
+    if blocks == 1:
+        return keep_top(ranked, count)
+    if count % blocks or ranked.numel() % blocks:
+        raise ValueError(f"{count} kept of {ranked.numel()} do not split into {blocks} blocks")
+    parts = ranked.reshape(blocks, -1)
+    return torch.cat([keep_top(part, count // blocks) for part in parts])
+
+
 def round_masks(
-    ranked: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], round_to: int
+    ranked: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], round_to: Rounding
 ) -> list[torch.Tensor]:
     """Each layer's kept mask grown (by its best removed units) to a multiple of `round_to`."""
     out = []
-    for score, mask in zip(ranked, masks, strict=True):
+    steps = per_group(round_to, len(masks))
+    for score, mask, r in zip(ranked, masks, steps, strict=True):
         n, kept = mask.numel(), int(mask.sum())
-        extra = round_up(kept, n, round_to) - kept
+        extra = round_up(kept, n, r) - kept
         mask = mask.clone()
         if extra:
             removed = torch.nonzero(~mask).flatten()

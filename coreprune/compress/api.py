@@ -1,15 +1,25 @@
-"""`compress`: prune every prunable layer pair of a model; return a new, smaller model and a report.
+"""`compress`: prune every prunable layer pair and channel group of a model; return a new,
+smaller model and a report.
 
-It is a short composition of public steps: find the pairs (`coreprune.surgery.graph`), build the
-cost model (`cost.CostModel`), allocate kept counts (`allocate`), then, pair by pair in forward
-order and in the network as compressed so far, choose the kept units (the coreset's
-`choose.CoresetChooser`, or a baseline's unit scores), cut them (`apply.cut_pair`) and rewire the
-consumer (`rewire`). The caller's model is never touched.
+It is a short composition of public steps: find the channel groups (`coreprune.surgery.groups`;
+single pairs from `coreprune.surgery.graph` are its simple groups), build the cost model
+(`cost.CostModel`), allocate kept counts (`allocate`), then:
+
+- coupled groups (residual streams, depthwise blocks, gates, concatenations) are scored on the
+  dense model (`choose.group_scores`, or the sum of a baseline's producer scores) and cut first,
+  all at once (`apply.cut_groups`);
+- then, in forward order and in the network as compressed so far, each single pair's kept units
+  are chosen (the coreset's `choose.CoresetChooser`, or a baseline's unit scores) and cut
+  (`apply.cut_pair`) and its consumer rewired (`rewire`), and each consumer of a cut coupled
+  group is refitted by least squares (compensate="lstsq").
+
+The caller's model is never touched.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,6 +60,7 @@ from coreprune.surgery.groups import (
     find_channel_groups,
     forward_order,
     group_from_pair,
+    is_grouped,
 )
 from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.rewire import (
@@ -277,12 +288,13 @@ def _compress_once(
                 f"round_to={round_to} is larger than {_label(group)!r} ({n} units); pass "
                 f"round_to <= {min(units)} or ignore that layer (ignored_layers=)"
             )
-    floors = allocate.floors_for(units, opts.floor, round_to)
+    steps_of = [math.lcm(round_to, g.blocks) for g in items]  # grouped convs: whole blocks
+    floors = allocate.floors_for(units, opts.floor, steps_of)
     chooser = _chooser(opts)
     scores = _coupled_scores(opts, work, items, progress)
     refine = groups and pairs is None  # with groups: kept counts land just above the target
     keeps, unit_sets, budget = _plan(
-        opts, work, items, units, floors, chooser, scores, args, round_to, progress, refine
+        opts, work, items, units, floors, chooser, scores, args, steps_of, progress, refine
     )
     rows: list[LayerRow] = []
     coupled = [i for i, g in enumerate(items) if g.pair is None]
@@ -294,13 +306,14 @@ def _compress_once(
             keep = unit_sets[index]
         else:
             ranked = scores[index].per_unit
-            keep = torch.nonzero(allocate.keep_top(ranked, keeps[index])).flatten()
+            mask = allocate.keep_top_blocks(ranked, keeps[index], items[index].blocks)
+            keep = torch.nonzero(mask).flatten()
         cut_list.append((index, keep))
         if keep.numel() < items[index].width:
             for name in (*items[index].producers, *items[index].gates):
                 out_keep[name] = keep
     _cut_coupled(work, items, cut_list)
-    refits = _coupled_refits(opts, items, cut_list)
+    refits = _coupled_refits(opts, work, items, cut_list)
     steps = _steps(work, items, refits)
     bar = tqdm(steps, desc=f"compress ({opts.method})", disable=not progress, unit="layer")
     group_rows: dict[int, LayerRow] = {}
@@ -445,16 +458,21 @@ def _cut_coupled(
 
 
 def _coupled_refits(
-    opts: Options, items: list[ChannelGroup], cut_list: list[tuple[int, torch.Tensor]]
+    opts: Options,
+    work: nn.Module,
+    items: list[ChannelGroup],
+    cut_list: list[tuple[int, torch.Tensor]],
 ) -> list[str]:
-    """Consumers of cut coupled groups, each refitted once (least squares only)."""
+    """Consumers of cut coupled groups, each refitted once (least squares only; a grouped conv
+    consumer is left sliced)."""
     if opts.compensate != "lstsq":
         return []
     names: dict[str, None] = {}
     for index, keep in cut_list:
         if keep.numel() < items[index].width:
             for consumer in items[index].consumers:
-                names[consumer.name] = None
+                if not is_grouped(work.get_submodule(consumer.name)):  # lstsq: groups=1 only
+                    names[consumer.name] = None
     return list(names)
 
 
@@ -597,7 +615,7 @@ def _plan(
     chooser: CoresetChooser | None,
     scores: dict[int, GroupScores],
     args: tuple[torch.Tensor, ...] | None,
-    round_to: int,
+    round_to: list[int],
     progress: bool,
     refine: bool,
 ) -> tuple[list[int] | None, list[torch.Tensor] | None, str]:
@@ -645,7 +663,7 @@ def _plan(
     budget = (
         f"target {100 * opts.target:g}% of {opts.metric} removed, {opts.allocation} allocation "
         f"({label}, floor {opts.floor:g}"
-        + (f", round_to {round_to}" if round_to > 1 else "")
+        + (f", round_to {max(round_to)}" if max(round_to) > 1 else "")
         + f"); planned {100 * planned:.2f}%"
     )
     return keeps, unit_sets, budget
@@ -654,7 +672,7 @@ def _plan(
 def _baseline_units(
     opts: Options, pruner: UnitScorer, work: nn.Module, items: list[ChannelGroup],
     units: list[int], floors: list[int], cost: CostModel, example: torch.Tensor | None,
-    round_to: int, progress: bool, refine: bool,
+    round_to: list[int], progress: bool, refine: bool,
 ) -> list[torch.Tensor]:  # fmt: skip
     """Kept units of a baseline, scored on the dense model; with `rounds` > 1 re-scored on
     the exponential schedule 1 - (1 - target)^(k / rounds), pruned units staying pruned.
@@ -675,11 +693,18 @@ def _baseline_units(
             keeps = allocate.uniform(cost, units, floors, fraction, round_to)
             if refine:
                 keeps = allocate.refine_up(cost, units, keeps, fraction, round_to)
-            alive = [allocate.keep_top(r, c) for r, c in zip(ranked, keeps, strict=True)]
+            alive = [
+                allocate.keep_top_blocks(r, c, g.blocks)
+                for r, c, g in zip(ranked, keeps, items, strict=True)
+            ]
         else:
             alive = allocate.global_by_scores(cost, ranked, floors, fraction)
-            if round_to > 1:
+            if max(round_to) > 1:
                 alive = allocate.round_masks(ranked, alive, round_to)
+            alive = [
+                a if g.blocks == 1 else allocate.keep_top_blocks(r, int(a.sum()), g.blocks)
+                for a, r, g in zip(alive, ranked, items, strict=True)
+            ]
     return [torch.nonzero(a).flatten() for a in alive]
 
 

@@ -15,8 +15,14 @@ import torch
 from torch import nn
 
 from coreprune.surgery.graph import PrunablePair
-from coreprune.surgery.groups import ChannelGroup
-from coreprune.surgery.registry import layer_kind, norm_kind, slice_channel_tensors, slice_depthwise
+from coreprune.surgery.groups import ChannelGroup, is_grouped
+from coreprune.surgery.registry import (
+    layer_kind,
+    norm_kind,
+    slice_channel_tensors,
+    slice_depthwise,
+    slice_grouped_inputs,
+)
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.torch_utils import replace_submodule
 
@@ -140,6 +146,14 @@ def _check_group_keep(cut: object, group: ChannelGroup) -> torch.Tensor:
         raise ValueError(f"GroupCut.keep for {label!r} is empty; keep at least one channel")
     if keep.min() < 0 or keep.max() >= n or torch.unique(keep).numel() != keep.numel():
         raise ValueError(f"GroupCut.keep for {label!r} must hold distinct indices in [0, {n})")
+    if group.blocks > 1:
+        counts = torch.bincount(keep // (n // group.blocks), minlength=group.blocks)
+        if not bool((counts == counts[0]).all()):
+            raise ValueError(
+                f"GroupCut.keep for {label!r} must keep the same number of channels in each of "
+                f"its {group.blocks} blocks (a grouped conv reads or writes them), got "
+                f"{counts.tolist()}"
+            )
     return torch.sort(keep).values
 
 
@@ -198,6 +212,9 @@ def _slice_side(
         width = layer.in_units(module)
         if width % total:
             raise ValueError(f"{name!r} reads {width} inputs, not a multiple of {total}")
+        if is_grouped(module):
+            assert isinstance(module, nn.Conv2d)
+            return slice_grouped_inputs(module, keep)
         return layer.slice_inputs(module, total, keep, None)
     if kind == "depthwise":
         assert isinstance(module, nn.Conv2d)

@@ -20,7 +20,7 @@ from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
 from coreprune.surgery.graph import PrunablePair
-from coreprune.surgery.groups import ChannelGroup
+from coreprune.surgery.groups import ChannelGroup, is_grouped
 from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
@@ -277,6 +277,20 @@ class GroupScores:
         return torch.cat([torch.zeros(1, dtype=torch.float64), cumulative])
 
 
+def _reading(module: nn.Module, total: int) -> torch.Tensor:
+    """`next_weights`, with a grouped conv read as the dense conv it equals (zeros off-block)."""
+    if is_grouped(module):
+        assert isinstance(module, nn.Conv2d)
+        w = module.weight.detach().to(torch.float64)
+        g, per_in, per_out = module.groups, w.shape[1], w.shape[0] // module.groups
+        dense = torch.zeros(w.shape[0], total, w.shape[2], w.shape[3], dtype=torch.float64)
+        for b in range(g):
+            rows = slice(b * per_out, (b + 1) * per_out)
+            dense[rows, b * per_in : (b + 1) * per_in] = w[rows].cpu()
+        return dense.permute(0, 2, 3, 1).reshape(-1, total)
+    return next_weights(module, total)  # type: ignore[arg-type]
+
+
 def group_scores(
     model: nn.Module, group: ChannelGroup, calibration: torch.Tensor | None
 ) -> GroupScores:
@@ -303,7 +317,7 @@ def group_scores(
     lo, n = 0, group.width
     for consumer in group.consumers:
         module = model.get_submodule(consumer.name)
-        reading = next_weights(module, consumer.total)  # type: ignore[arg-type]
+        reading = _reading(module, consumer.total)
         if calibration is not None:
             acts = capture_input(model, consumer.name, calibration)
             if acts.ndim == 2 and consumer.block > 1:  # flatten -> Linear: one row per position

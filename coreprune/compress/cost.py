@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -126,14 +127,14 @@ class _Width:
 class _Term:
     """A module's cost: product * out * in + linear * out, out/in possibly group-indexed."""
 
-    product: int
+    product: int | Fraction
     linear: int
     out: _Width
     inp: _Width
 
     def cost(self, keeps: Sequence[int] | None) -> int:
         out = self.out.at(keeps)
-        return self.product * out * self.inp.at(keeps) + self.linear * out
+        return int(self.product * out * self.inp.at(keeps)) + self.linear * out
 
 
 @dataclass(frozen=True)
@@ -264,18 +265,21 @@ def _term(
         per_in *= side.block  # a flatten block: each channel feeds several inputs
         in_units //= side.block
     out, inp = _width(out_units, side.out), _width(in_units, side.inp)
+    groups = int(getattr(module, "groups", 1))  # a grouped conv: each output reads in/groups
+    product: int | Fraction = per_in if groups == 1 else Fraction(per_in, groups)
     if metric == "params":
         linear = kind.bias_params(module)
-        if per_in * out_units * in_units + linear * out_units != own:
+        if product * out_units * in_units + linear * out_units != own:
             raise ValueError(
                 f"module {name!r} ({type(module).__name__}) has {own} parameters, not the "
                 "weight + bias its shape implies; a subclass with extra parameters cannot be "
                 "budgeted"
             )
-        return _Term(per_in, linear, out, inp), own
-    if own % (out_units * in_units):
+        return _Term(product, linear, out, inp), own
+    if groups == 1 and own % (out_units * in_units):
         raise ValueError(f"MACs of {name!r} ({own}) are not bilinear in its units")
-    return _Term(own // (out_units * in_units), 0, out, inp), own
+    per_mac = Fraction(own, out_units * in_units)
+    return _Term(int(per_mac) if per_mac.denominator == 1 else per_mac, 0, out, inp), own
 
 
 def _channel_count(module: nn.Module, side: _Sides) -> int:

@@ -17,8 +17,12 @@ where an op ties channels together:
 - a concatenation along channels keeps each input's space: its readers read several spaces at
   offsets, and each space is pruned on its own.
 
-Grouped convolutions (1 < groups < channels) are refused: they tie channels in per-group blocks,
-and the spaces they read or write are blocked with that reason.
+Grouped convolutions (1 < groups, not depthwise) tie channels in per-group blocks: output block
+b reads only input block b. They are pruned by whole per-group blocks: a space a grouped conv
+reads or writes gets `blocks` = its number of groups (the least common multiple when several
+do), and every block keeps the same number of channels, so the conv stays a grouped conv with
+fewer channels per group (kept counts are rounded to multiples of `blocks`). A grouped conv fed
+by a concatenation is refused.
 
 A space is prunable when at least one registry layer with groups=1 writes it (a producer), every
 reader is a registry layer (a consumer) or a channel-wise op, and it never reaches the model's
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import builtins
 import copy
+import math
 import operator
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -79,6 +84,7 @@ __all__ = [
     "forward_order",
     "group_from_pair",
     "is_depthwise",
+    "is_grouped",
 ]
 
 _MUL_OPS = (operator.mul, operator.imul, torch.mul)
@@ -128,6 +134,8 @@ class ChannelGroup:
     `gates`: layers writing a gate that multiplies the channels (sliced on their output).
     `joins`: what ties the channels ("residual add", "gate", "concatenation", "depthwise", ...).
     `pair`: the certified pair for a simple group (one producer -> one consumer), else None.
+    `blocks`: the channels fall into this many equal blocks (a grouped conv reads or writes
+    them) and every block keeps the same number of channels; 1 otherwise.
     """
 
     producers: tuple[str, ...]
@@ -138,6 +146,7 @@ class ChannelGroup:
     width: int
     joins: tuple[str, ...] = ()
     pair: PrunablePair | None = field(default=None, compare=False)
+    blocks: int = 1
 
     @property
     def simple(self) -> bool:
@@ -165,6 +174,11 @@ class ChannelGroup:
     def describe(self) -> str:
         """A short label: what ties the channels (for reports)."""
         return ", ".join(self.joins) if self.joins else "single pair"
+
+
+def is_grouped(module: nn.Module) -> bool:
+    """A Conv2d with groups > 1 that is not depthwise (see `is_depthwise`)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -233,6 +247,7 @@ class _Space:
     joins: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     first: int = 1 << 30
+    blocks: int = 1
 
 
 @dataclass(frozen=True)
@@ -307,6 +322,7 @@ class _Discovery:
         sa.joins += [*sb.joins, join]
         sa.blocked += sb.blocked
         sa.first = min(sa.first, sb.first)
+        sa.blocks = math.lcm(sa.blocks, sb.blocks)
 
     def space(self, i: int) -> _Space:
         return self.spaces[self.find(i)]
@@ -431,15 +447,16 @@ class _Discovery:
         if isinstance(tag, str):
             for t in self._input_tags(node):
                 self.block(t, tag)
-        problem = problem or kind.unsupported(module) if not is_depthwise(module) else problem
+        if not (is_depthwise(module) or is_grouped(module)):
+            problem = problem or kind.unsupported(module)
         if is_depthwise(module) and problem is None and in_tag is not None:
             return self._depthwise(name, module, in_tag)
-        if isinstance(module, nn.Conv2d) and module.groups > 1:
-            label = "depthwise" if module.groups == module.in_channels else "grouped"
+        if is_depthwise(module) and problem is None:
+            problem = f"depthwise conv {name!r} reads channels that are not traced"
+        if is_grouped(module) and in_tag is not None and len(in_tag.spaces) > 1:
             problem = (
-                f"{name!r} is a {label} convolution (groups={module.groups}, "
-                f"{module.in_channels} -> {module.out_channels} channels): it ties channels in "
-                "per-group blocks, which are not pruned"
+                f"{name!r} is a grouped convolution (groups={module.groups}) fed by a "
+                "concatenation: its blocks do not line up with the concatenated channels"
             )
         out_width = kind.out_units(module)
         sid = self.new(out_width, position)
@@ -450,6 +467,14 @@ class _Discovery:
             self.space(sid).blocked.append(problem)
             return out
         self.space(sid).producers.append(name)
+        if is_grouped(module):
+            assert isinstance(module, nn.Conv2d)
+            self.space(sid).blocks = math.lcm(self.space(sid).blocks, module.groups)
+            self.space(sid).joins.append(f"grouped conv {name!r} (groups={module.groups})")
+            if in_tag is not None:
+                space = self.space(in_tag.spaces[0])
+                space.blocks = math.lcm(space.blocks, module.groups)
+                space.joins.append(f"grouped conv {name!r} (groups={module.groups})")
         if in_tag is not None:
             reason = self._read(name, module, in_tag)
             if reason is not None:
@@ -783,6 +808,8 @@ def _space_problem(space: _Space) -> str | None:
         return "no layer reads these channels"
     if space.width is None:
         return "the channel count is unknown"
+    if space.width % space.blocks:
+        return f"{space.width} channels do not split into {space.blocks} equal blocks"
     return None
 
 
@@ -808,6 +835,7 @@ def _group_of(
         gates=tuple(dict.fromkeys(space.gates)),
         width=space.width,
         joins=joins,
+        blocks=space.blocks,
     )
     coupled = bool(joins) or len(producers) > 1 or len(consumers) > 1 or bool(group.gates)
     extra = [m for m in channelwise if m.kind != "norm" or m.name != group.producer_norms[0]]

@@ -25,6 +25,7 @@ __all__ = [
     "norm_kind",
     "slice_channel_tensors",
     "slice_depthwise",
+    "slice_grouped_inputs",
     "unsupported_reason",
 ]
 
@@ -405,4 +406,27 @@ def slice_channel_tensors(
     new = _with_tensors(module, **pick)
     if isinstance(getattr(new, "num_features", None), int):
         new.num_features = int(keep.numel())
+    return new
+
+
+def slice_grouped_inputs(module: nn.Conv2d, keep: torch.Tensor) -> nn.Conv2d:
+    """A grouped conv reading only the kept input channels (global indices, sorted); every one
+    of its `groups` blocks must keep the same number, so it stays a grouped conv."""
+    g, c_in, c_out = module.groups, module.in_channels, module.out_channels
+    per_in, per_out = c_in // g, c_out // g
+    keep = torch.sort(keep.cpu()).values
+    block = keep // per_in
+    counts = torch.bincount(block, minlength=g)
+    if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+        raise ValueError(
+            f"a grouped conv (groups={g}) must keep the same number of input channels in each "
+            f"block, got {counts.tolist()}"
+        )
+    k = int(counts[0])
+    local = (keep - block * per_in).reshape(g, k)  # kept positions within each block
+    rows = local.repeat_interleave(per_out, dim=0).to(module.weight.device)  # (c_out, k)
+    w = module.weight.detach()
+    index = rows[:, :, None, None].expand(-1, -1, w.shape[2], w.shape[3])
+    new = _with_tensors(module, weight=torch.gather(w, 1, index))
+    new.in_channels = int(keep.numel())
     return new

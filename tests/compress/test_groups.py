@@ -51,6 +51,14 @@ def _input(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
+def _random_keep(group: ChannelGroup, divisor: int, gen: torch.Generator) -> torch.Tensor:
+    """A random 1/divisor of the channels (at least one), the same count in every block."""
+    size = group.width // group.blocks
+    count = max(1, size // divisor)
+    picks = [b * size + torch.randperm(size, generator=gen)[:count] for b in range(group.blocks)]
+    return torch.cat(picks)
+
+
 def _by_producers(groups: list[ChannelGroup]) -> dict[tuple[str, ...], ChannelGroup]:
     return {g.producers: g for g in groups}
 
@@ -123,12 +131,15 @@ def test_concatenation_keeps_each_input_space_with_offsets() -> None:
     assert {(m.name, m.offset) for m in layer1.channelwise} == {("bn1", 8), ("bn2", 8)}
 
 
-def test_grouped_conv_is_refused_with_its_reason() -> None:
-    groups, blocked = find_channel_groups(_model("grouped_conv"))
-    reasons = {b.name: b.reason for b in blocked}
-    assert "grouped convolution" in reasons["conv1"] and "groups=4" in reasons["conv1"]
-    assert "grouped" in reasons["grouped"]
-    assert {g.producers for g in groups} == {("conv3",), ("conv4",)}
+def test_grouped_conv_ties_its_spaces_in_per_group_blocks() -> None:
+    groups, _ = find_channel_groups(_model("grouped_conv"))
+    found = _by_producers(groups)
+    before, after = found[("conv1",)], found[("grouped",)]
+    assert before.blocks == after.blocks == 4 and not before.simple and not after.simple
+    assert [c.name for c in before.consumers] == ["grouped"]
+    model = _model("grouped_conv")
+    with pytest.raises(ValueError, match="same number of channels in each of its 4 blocks"):
+        cut_groups(model, [before], [GroupCut(torch.arange(8))])  # blocks 0 and 1 only
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def test_cut_groups_matches_masking_and_keeps_shapes(name: str) -> None:
     model = _model(name)
     groups, _ = find_channel_groups(model)
     gen = torch.Generator().manual_seed(2)
-    keeps = [torch.randperm(g.width, generator=gen)[: max(1, g.width // 2)] for g in groups]
+    keeps = [_random_keep(g, 2, gen) for g in groups]
     small = copy.deepcopy(model)
     cut_groups(small, groups, [GroupCut(k) for k in keeps])
     x = _input()
@@ -201,7 +212,7 @@ def test_cost_model_is_exact_on_group_members(name: str, metric: str) -> None:
     x = _input(1)
     cost = CostModel.build_groups(model, groups, metric, x)
     gen = torch.Generator().manual_seed(3)
-    keeps = [torch.randperm(g.width, generator=gen)[: max(1, g.width // 3)] for g in groups]
+    keeps = [_random_keep(g, 3, gen) for g in groups]
     small = copy.deepcopy(model)
     cut_groups(small, groups, [GroupCut(k) for k in keeps])
     count = (lambda m: count_params(m)) if metric == "params" else (lambda m: count_macs(m, x))
@@ -357,3 +368,21 @@ def test_eps_mode_leaves_coupled_groups_and_tiny_eps_changes_nothing() -> None:
 def test_groups_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="groups"):
         compress(_model("resnet_stages"), target=0.5, groups=1, progress=False)  # type: ignore[arg-type]
+
+
+def test_ignored_layers_block_the_whole_group() -> None:
+    model = _model("resnet_stages")
+    result = compress(model, target=0.3, ignored_layers=["stage1.1.conv1"], progress=False)
+    blocked = {b.name: b.reason for b in result.report.blocked}
+    for name in ("conv", "stage1.0.conv2", "stage1.1.conv2"):  # the stage-1 stream reads it
+        assert "ignored_layers" in blocked[name]
+    assert result.model.conv.out_channels == 8
+    assert result.model.stage2[0].conv2.out_channels < 16
+
+
+def test_round_to_and_floor_apply_per_group() -> None:
+    result = compress(_model("resnet20"), target=0.6, round_to=4, floor=0.3, progress=False)
+    for row in result.report:
+        assert row.units_after % 4 == 0 or row.units_after == row.units_before
+        assert row.units_after >= 0.3 * row.units_before
+    assert abs(result.report.achieved - 0.6) <= 0.02
