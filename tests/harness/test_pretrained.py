@@ -18,9 +18,9 @@ from coreprune.harness.pretrained import PRETRAINED, load_pretrained, manifest
 
 _FASHION = Path("/usr/share/datasets/fashion-mnist")
 
-# Floors on the first 1,000 test images, a few points under what each file measured on the
-# full 10k test set (see manifest.json), so a broken file, loader or normalisation fails.
-_MIN_ACCURACY = {"lenet300100": 0.86, "vgg_small": 0.90, "resnet20": 0.89}
+# Floors on the first 1,000 test images, about 2-3 points under what the shipped files
+# measured there (0.907, 0.919, 0.939), so a broken file, loader or normalisation fails.
+_MIN_ACCURACY = {"lenet300100": 0.88, "vgg_small": 0.89, "resnet20": 0.91}
 
 _SHIPPED = [name for name in PRETRAINED if pretrained._path(name).exists()]
 
@@ -30,7 +30,7 @@ def test_every_name_has_a_floor() -> None:
 
 
 def test_shipped_files_are_in_the_manifest() -> None:
-    assert _SHIPPED, "no pretrained file is shipped"
+    assert _SHIPPED == list(PRETRAINED), "every pretrained model must ship its file"
     entries = manifest()
     for name in _SHIPPED:
         entry = entries[name]
