@@ -1,4 +1,4 @@
-"""The `coreprune` command line: train, compress, compare, report.
+"""The `coreprune` command line: oneshot, train, compress, compare, report.
 
 Every command writes to a run folder (--out): the config it ran with (config.json), its
 metrics (metrics.json), tables (CSV, markdown) and plots, plus models saved without pickle.
@@ -38,6 +38,15 @@ from coreprune.harness.comparison import (
 from coreprune.harness.data import DATASETS, Loaders, make_loaders
 from coreprune.harness.evaluation.machine import describe_device
 from coreprune.harness.models import MODEL_NAMES
+from coreprune.harness.oneshot import (
+    DEFAULT_BUDGETS,
+    DEFAULT_METHODS,
+    DEFAULT_MODELS,
+    format_table,
+    parse_method,
+    run_oneshot,
+)
+from coreprune.harness.pretrained import PRETRAINED
 from coreprune.harness.training import (
     build_for_dataset,
     default_image_size,
@@ -46,6 +55,7 @@ from coreprune.harness.training import (
     recalibrated_copy,
     set_seed,
 )
+from coreprune.scoring import SCORERS
 from coreprune.serialization import ARCH_FILE, load_model, save_model
 from coreprune.torch_utils import eval_mode, resolve_device
 
@@ -221,11 +231,31 @@ def _parser() -> argparse.ArgumentParser:
     add_compare_arguments(cmp)
     cmp.set_defaults(prepare=_prepare_compare)
 
+    one = command(
+        "oneshot",
+        "prune the shipped pretrained Fashion-MNIST models with the coreset and the baselines "
+        "to the same widths, and print their test accuracy (no fine-tuning)",
+    )
+    one.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=PRETRAINED,
+                     help="pretrained models")  # fmt: skip
+    one.add_argument("--budgets", nargs="+", type=_fraction, default=list(DEFAULT_BUDGETS),
+                     help="fractions of params removed")  # fmt: skip
+    one.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                     help="NAME or NAME+REWIRING (none, merge, lstsq); NAME is coreset or a "
+                     "scorer: " + ", ".join(sorted(SCORERS)))  # fmt: skip
+    one.add_argument("--calibration", type=_int_at_least(2), default=1024,
+                     help="training images for the coreset's choice, SNIP and lstsq rewiring")  # fmt: skip
+    one.add_argument("--test-images", type=_POSITIVE_INT, default=2000,
+                     help="first test images the accuracy is measured on")  # fmt: skip
+    one.add_argument("--seed", type=_COUNT, default=0, help="seed of the random baseline")
+    one.add_argument("--out", default=None, help="also write the table to this markdown file")
+    one.set_defaults(prepare=_prepare_oneshot)
+
     report = command("report", "summary table and plot from a compare run folder")
     report.add_argument("run_dir", help="a folder written by `coreprune compare`")
     report.set_defaults(prepare=_prepare_report)
 
-    for p in (train, comp, cmp, report):
+    for p in (one, train, comp, cmp, report):
         p.add_argument("--threads", type=_POSITIVE_INT, default=DEFAULT_THREADS,
                        help="torch CPU threads; the default was the fastest measured on a "
                        "busy 2-core CPU (benchmarks/results/threads.md); try 2 or more on an "
@@ -517,6 +547,30 @@ def _prepare_compare(a: argparse.Namespace) -> Callable[[], int]:
         print()
         print(write_summary(rows, config.folder))
         print(f"\nresults in {config.folder}/ (results.csv, summary.md, summary.png, config.json)")
+        return 0
+
+    return work
+
+
+def _prepare_oneshot(a: argparse.Namespace) -> Callable[[], int]:
+    for method in a.methods:
+        parse_method(method)  # a bad name is a usage error before any work
+    out = None if a.out is None else Path(a.out)
+
+    def work() -> int:
+        print(
+            f"oneshot: {', '.join(a.models)} at {', '.join(f'{b:g}' for b in a.budgets)} of "
+            f"params removed; {a.threads} thread(s) on {describe_device(torch.device('cpu'))}"
+        )
+        rows = run_oneshot(
+            a.models, a.budgets, a.methods, calibration=a.calibration,
+            test_images=a.test_images, seed=a.seed,
+        )  # fmt: skip
+        table = format_table(rows)
+        print(table)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(table + "\n", encoding="utf-8")
         return 0
 
     return work

@@ -359,6 +359,10 @@ def _one_run(
             "metric": metric,
             "progress": False,
             "example_input": example[:1].to(device),
+            # Every method, DPF included, prunes the same single pairs by the same plain surgery:
+            # this comparison isolates the choice of units (rewiring: benchmarks/bench_oneshot.py).
+            "groups": False,
+            "compensate": "none",
         }  # MACs per image
         if method == "coreset" and config.calibration > 0:
             kwargs.update(calibration=calibration.to(device), rank=config.rank)
