@@ -122,8 +122,9 @@ def layer_exceedance(
     """Upper confidence bounds on P(||z - z_hat|| / ||z|| > eps) at each layer.
 
     `layers`: (dense_module_name, pruned_module_name) pairs, or the rows of a compress report
-    (each row's consumer is compared, in both models under the same name; when that consumer
-    is also a later row's producer, only its kept output units are compared). `holdout`: a
+    (each row's consumer is compared, in both models under the same name, every consumer of a
+    coupled group's row; when a consumer is also a row's producer, only its kept output units
+    are compared). `holdout`: a
     DataLoader, an (inputs, labels) pair or a tensor of inputs; labels are not used. An output
     with ||z|| = 0 counts as error 0 if z_hat = 0 too, else as infinite.
     """
@@ -173,29 +174,36 @@ def _targets(dense: nn.Module, pruned: nn.Module, layers: object) -> list[_Targe
     if len(layers) == 0:
         raise ValueError("layers is empty: name at least one (dense, pruned) module pair")
     rows = [r for r in layers if isinstance(r, LayerRow)]
-    keeps = {r.producer: r.keep for r in rows}
+    keeps = {name: r.keep for r in rows for name in _members(r.producer)}
     dense_names, pruned_names = dict(dense.named_modules()), dict(pruned.named_modules())
-    out = []
+    pairs: list[tuple[str, str]] = []
     for item in layers:
-        if isinstance(item, LayerRow):
-            names = (item.consumer, item.consumer)
+        if isinstance(item, LayerRow):  # a coupled group's row names every consumer
+            pairs += [(c, c) for c in _members(item.consumer) if (c, c) not in pairs]
         elif (
             isinstance(item, (tuple, list))
             and len(item) == 2
             and all(isinstance(s, str) for s in item)
         ):
-            names = (item[0], item[1])
+            pairs.append((item[0], item[1]))
         else:
             raise TypeError(
                 "layers must hold (dense_module_name, pruned_module_name) string pairs or "
                 f"compress report rows, got {item!r}"
             )
+    out = []
+    for names in pairs:
         for name, table, which in ((names[0], dense_names, "dense"),
                                    (names[1], pruned_names, "pruned")):  # fmt: skip
             if name not in table:
                 raise ValueError(f"layers: {which} model has no module named {name!r}")
         out.append(_Target(names[0], names[1], keeps.get(names[0])))
     return out
+
+
+def _members(names: str) -> list[str]:
+    """The module names of a report row's producer or consumer (a group joins them with " + ")."""
+    return [n.strip() for n in names.split(" + ")]
 
 
 def _errors(

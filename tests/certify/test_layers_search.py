@@ -176,3 +176,24 @@ def test_conv_layers_compare_kept_channels() -> None:
     err = (z - z_hat).flatten(1).norm(dim=1) / z.flatten(1).norm(dim=1)
     assert report[0].dense_name == "3" and report[0].units == len(keep) < 8
     assert report[0].exceed == int((err > 0.3).sum())
+
+
+def test_group_rows_compare_every_consumer() -> None:
+    """A coupled group (ResNet-20's residual streams) is one report row naming all its
+    consumers; each is compared, and the logits ("fc") match a hand computation."""
+    from coreprune.harness.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet20", in_channels=1, num_classes=10).eval()
+    result = compress(net, target=0.3, **FAST)
+    consumers = [c for r in result.report.rows for c in r.consumer.split(" + ")]
+    assert len(consumers) > len(result.report.rows)  # at least one group row
+    x = torch.randn(16, 1, 28, 28)
+    report = layer_exceedance(net, result.model, result.report.rows, x, 0.5)
+    assert [r.dense_name for r in report] == list(dict.fromkeys(consumers))
+    with torch.no_grad():
+        z, z_hat = net(x), result.model(x)
+    err = (z - z_hat).norm(dim=1) / z.norm(dim=1)
+    fc = next(r for r in report if r.dense_name == "fc")
+    assert fc.exceed == int((err > 0.5).sum())
+    assert fc.worst_error == pytest.approx(float(err.max()), rel=1e-5)
