@@ -127,8 +127,23 @@ def run_case(
         ratio = t_ref / t_ours
         ex_ref = excess(ref, x)
     return Row(
-        kind, n, d, centered, r, iters, t_ours, c_ours, t_ref, ratio, ours.log_det(), ld_ref,
-        ld_pct, axis_pct, float(ours.log_det_gap or 0.0), excess(ours, x), ex_ref,
+        kind,
+        n,
+        d,
+        centered,
+        r,
+        iters,
+        t_ours,
+        c_ours,
+        t_ref,
+        ratio,
+        ours.log_det(),
+        ld_ref,
+        ld_pct,
+        axis_pct,
+        float(ours.log_det_gap or 0.0),
+        excess(ours, x),
+        ex_ref,
     )
 
 
@@ -159,7 +174,9 @@ def default_solver() -> str:
     """The solver cvxpy picks for a log_det problem like the reference's."""
     p_var = cvxpy.Variable((2, 2), symmetric=True)
     z = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
-    prob = cvxpy.Problem(cvxpy.Maximize(cvxpy.log_det(p_var)), [cvxpy.norm(z @ p_var, 2, axis=1) <= 1])
+    prob = cvxpy.Problem(
+        cvxpy.Maximize(cvxpy.log_det(p_var)), [cvxpy.norm(z @ p_var, 2, axis=1) <= 1]
+    )
     prob.solve()
     return str(prob.solver_stats.solver_name)
 

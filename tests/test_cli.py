@@ -372,7 +372,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_describes_every_flag_and_shows_its_default() -> None:
     parser = cli._parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "compress", "compare", "report"}
+    assert set(commands) == {"oneshot", "train", "compress", "compare", "report"}
     for name, command in commands.items():
         text = command.format_help()
         for action in command._actions:
@@ -382,3 +382,26 @@ def test_help_describes_every_flag_and_shows_its_default() -> None:
             if action.option_strings and action.default is not None:
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
     assert CompareConfig(out="x").epochs == commands["compare"].get_default("epochs")
+
+
+def test_oneshot_refuses_unknown_methods_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["oneshot", "--methods", "coreset+refit"])
+    assert info.value.code == 2
+    assert "unknown rewiring 'refit'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["oneshot", "--methods", "magnitud"])
+    assert "unknown method 'magnitud'" in capsys.readouterr().err
+
+
+def test_oneshot_prints_a_table_with_its_legend(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main([
+        "oneshot", "--models", "lenet300100", "--budgets", "0.5", "--methods",
+        "coreset+lstsq", "magnitude", "--calibration", "64", "--test-images", "200",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| coreset + lstsq |" in out and "| magnitude |" in out
+    assert "Every row of a column has the same widths" in out

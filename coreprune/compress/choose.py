@@ -15,7 +15,12 @@ from torch import nn
 
 from coreprune.compress.capture import capture_input, input_rows
 from coreprune.coreset.certificate import Certificate
-from coreprune.coreset.empirical import empirical_sensitivities, empirical_unit_scores
+from coreprune.coreset.empirical import (
+    empirical_sensitivities,
+    empirical_unit_scores,
+    mean_square_sensitivities,
+    mean_square_unit_scores,
+)
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
@@ -27,7 +32,7 @@ from coreprune.surgery.units import layer_units, next_weights
 
 __all__ = ["CHOICES", "Choice", "CoresetChooser", "GroupScores", "group_scores"]
 
-CHOICES = ("certified", "empirical")
+CHOICES = ("certified", "empirical", "empirical_max")
 DEFAULT_RANK = 8
 
 
@@ -192,12 +197,13 @@ class CoresetChooser:
             count = nonzero.numel()
         sens, nonzero, query = self.sensitivities(model, pair)
         sub_producer, sub_norm, sub_consumer = restrict(producer, norm, consumer, nonzero)
-        if self.choice == "empirical" and count is not None and self.calibration is not None:
+        if self.choice != "certified" and count is not None and self.calibration is not None:
             keep_sub, cert = self._empirical(
                 model, pair, nonzero, sens, count, query, sub_producer, sub_consumer, sub_norm
             )
             scale = ones(keep_sub.numel())
-            notes.append("units chosen by empirical sensitivity on calibration data")
+            how = "root-mean-square" if self.choice == "empirical" else "worst-row"
+            notes.append(f"units chosen by {how} empirical sensitivity on calibration data")
         else:
             result = coreset_prune(
                 sub_producer,
@@ -240,7 +246,8 @@ class CoresetChooser:
             acts = acts.reshape(acts.shape[0], n, -1, 1)
         acts = acts.index_select(1, nonzero.to(acts.device))
         reading = next_weights(consumer, nonzero.numel(), device=acts.device)
-        scores = empirical_unit_scores(acts, reading).cpu()
+        score = mean_square_unit_scores if self.choice == "empirical" else empirical_unit_scores
+        scores = score(acts, reading).cpu()
         order = torch.argsort(scores, descending=True, stable=True)
         keep_sub = torch.sort(order[:count]).values
         removed = torch.ones(nonzero.numel(), dtype=torch.bool)
@@ -297,15 +304,16 @@ def group_scores(
     """The coreset's score of each channel of a coupled group, read on `model` as it is.
 
     Each consumer c reads the channels through U_c (`next_weights`). With `calibration`, a
-    channel's score is the sum over consumers of its empirical sensitivity
-    max_j max_x |U_jl a_l(x)| / sum_m |U_jm a_m(x)| on the consumer's actual inputs
-    (`coreprune.coreset.empirical`). Data-free, every channel gets the envelope
+    channel's score is the sum over consumers of rms(a_l) ||U_c[:, l]||, the root-mean-square
+    size of what it sends into each consumer on the consumer's actual inputs
+    (`coreprune.coreset.empirical.mean_square_unit_scores`). Data-free, every channel gets the envelope
     m_l = sum over producers of ||p_l|| (its folded unit vector, bias included: |p_l . x~| <=
     ||p_l|| ||x~||), the other channels of a concatenation the group's largest envelope, and the
     same ratio is taken with a_l = m_l: the worst-case share of each consumer row, summed over
     consumers. Neither is a certificate: the channels are sums over several paths.
     """
     rows: list[torch.Tensor] = []
+    sizes: list[torch.Tensor] = []
     envelope: torch.Tensor | None = None
     if calibration is None:
         for producer_name, norm_name in zip(group.producers, group.producer_norms, strict=True):
@@ -327,12 +335,18 @@ def group_scores(
             full = torch.full((consumer.total,), float(envelope.max()), dtype=torch.float64)
             full[consumer.offset : consumer.offset + n] = envelope
             acts = full[None, :]
-        sens = empirical_sensitivities(acts, reading.to(acts.device)).cpu()
+        if calibration is not None:
+            sens = mean_square_sensitivities(acts, reading.to(acts.device)).cpu()
+            size = mean_square_unit_scores(acts, reading.to(acts.device)).cpu()
+        else:
+            sens = empirical_sensitivities(acts, reading.to(acts.device)).cpu()
+            size = sens.max(dim=0).values
         rows.append(sens[:, consumer.offset + lo : consumer.offset + n])
+        sizes.append(size[consumer.offset + lo : consumer.offset + n])
     per_next = torch.cat(rows, dim=0)
-    per_unit = torch.stack([r.max(dim=0).values for r in rows]).sum(dim=0)
+    per_unit = torch.stack(sizes).sum(dim=0)
     how = (
-        "empirical sensitivity on calibration data"
+        "root-mean-square empirical sensitivity on calibration data"
         if calibration is not None
         else ("data-free envelope share")
     )

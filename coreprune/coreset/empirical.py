@@ -73,3 +73,45 @@ def empirical_sensitivities(activations: torch.Tensor, reading: torch.Tensor) ->
 def empirical_unit_scores(activations: torch.Tensor, reading: torch.Tensor) -> torch.Tensor:
     """One score per unit (n,): max over next units j of `empirical_sensitivities`."""
     return empirical_sensitivities(activations, reading).max(dim=0).values
+
+
+def activation_rms(activations: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square output of each unit over the calibration rows (n,), float64."""
+    rows = activation_rows(activations)
+    if rows.shape[0] == 0 or not rows.is_floating_point() or not torch.isfinite(rows).all():
+        raise ValueError("activations must be finite floating-point values with at least one row")
+    return rows.detach().to(torch.float64).pow(2).mean(dim=0).sqrt()
+
+
+def mean_square_sensitivities(activations: torch.Tensor, reading: torch.Tensor) -> torch.Tensor:
+    """s (k x n): unit l's share of next unit j's input in root-mean-square terms,
+    |U_jl| rms(a_l) / sum_m |U_jm| rms(a_m) (0/0 := 0).
+
+    The mean-square member of the empirical family: where `empirical_sensitivities` takes the
+    worst calibration row (dominated by rare outliers, and rows x k x n work), this averages over
+    the rows first (rows x n work). It ranks units by what they carry on typical data.
+    """
+    rms = activation_rms(activations)
+    if (
+        not isinstance(reading, torch.Tensor)
+        or reading.ndim != 2
+        or reading.shape[1] != rms.numel()
+    ):
+        raise ValueError(f"reading must be k x {rms.numel()} (next units x units)")
+    share = reading.detach().to(dtype=torch.float64, device=rms.device).abs() * rms[None, :]
+    total = share.sum(dim=1, keepdim=True)
+    return torch.where(total > 0, share / total.clamp_min(1e-300), torch.zeros_like(share))
+
+
+def mean_square_unit_scores(activations: torch.Tensor, reading: torch.Tensor) -> torch.Tensor:
+    """One score per unit (n,): rms(a_l) ||U_:l||_2, the root-mean-square size of what unit l
+    sends into the next layer (its contribution to the next layer's input energy)."""
+    rms = activation_rms(activations)
+    if (
+        not isinstance(reading, torch.Tensor)
+        or reading.ndim != 2
+        or reading.shape[1] != rms.numel()
+    ):
+        raise ValueError(f"reading must be k x {rms.numel()} (next units x units)")
+    norms = torch.linalg.vector_norm(reading.detach().to(torch.float64), dim=0).to(rms.device)
+    return rms * norms

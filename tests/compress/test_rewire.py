@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreprune import coreset_prune
+from coreprune.surgery.activations import Activation
 from coreprune.surgery.rewire import (
     bias_change,
     consumer_from_reading,
@@ -20,7 +21,6 @@ from coreprune.surgery.rewire import (
     refit_consumer,
     rewired_eps,
 )
-from coreprune.surgery.activations import Activation
 from coreprune.surgery.slicing import slice_consumer, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
 from tests.coreset.conftest import make_pair

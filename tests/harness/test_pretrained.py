@@ -30,7 +30,7 @@ def test_every_name_has_a_floor() -> None:
 
 
 def test_shipped_files_are_in_the_manifest() -> None:
-    assert _SHIPPED == list(PRETRAINED), "every pretrained model must ship its file"
+    assert list(PRETRAINED) == _SHIPPED, "every pretrained model must ship its file"
     entries = manifest()
     for name in _SHIPPED:
         entry = entries[name]
