@@ -9,7 +9,7 @@ Methods compared, all on the same seeded Gaussian points with uniform(0, 1) weig
   affine dependency from an SVD, shift weight until one point drops, repeat n-d-1 times.
 - ``lp``: a basic feasible solution of {lam >= 0, sum lam_i p_i = mu, sum lam_i = 1} from
   scipy's HiGHS dual simplex, used as is (no polish), to show what the LP route gives.
-The target (DESIGN.md section 5) is n=4000, d=64 in under 0.5 s, exact to 1e-9 relative.
+The target is n=4000, d=64 in under 0.5 s, exact to 1e-9 relative.
 """
 
 from __future__ import annotations

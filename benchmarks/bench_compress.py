@@ -6,7 +6,7 @@ Run as a script (``python benchmarks/bench_compress.py``) to write
 Models: CIFAR-style ResNet-56 and VGG-16 at full width, 3 input channels, 32x32 inputs,
 freshly initialised (weights do not change the cost of data-free compression or of a forward).
 Compression is data-free, select mode, uniform allocation, params target, default
-``sensitivity="auto"``. Targets (DESIGN.md section 5): data-free compression of ResNet-56 in
+``sensitivity="auto"``. Targets: data-free compression of ResNet-56 in
 under 10 s and VGG-16 in under 30 s at 50% of params removed; measured latency speed-up at least
 0.8 x the MAC speed-up (both as dense / compressed).
 """

@@ -5,7 +5,7 @@ both solvers run at tol 1e-3 on the same points; times are medians over repeats 
 and process CPU time, since the machine may be shared). Writes
 ``benchmarks/results/geometry.md`` and ``geometry.csv`` with the machine description.
 
-Targets (DESIGN.md section 5): >= 100x faster than cvxpy with log det within 1% at n=300,
+Targets: >= 100x faster than cvxpy with log det within 1% at n=300,
 d=50; n=1024 symmetric (centred) points in d=512 in under 2 s.
 """
 

@@ -1,4 +1,4 @@
-"""The query space Q: the set of layer inputs x that a certificate covers (DESIGN §1).
+"""The query space Q: the set of layer inputs x that a certificate covers (docs/theory.md §1).
 
 Q is all of R^d_in (data-free, the default) or an affine subspace {a + B z}. Either way the
 lifted query x~ = [x; 1] equals L [z; 1] for a lifting matrix L, so every computation runs on

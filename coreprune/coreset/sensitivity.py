@@ -1,4 +1,4 @@
-"""Upper bounds on each unit's sensitivity to each next unit (DESIGN §1, docs/theory.md §2, §6).
+"""Upper bounds on each unit's sensitivity to each next unit (docs/theory.md §2, §6).
 
 For next unit j the weighted points are v_l = |U_jl| P_l, with P the unit vectors in query
 coordinates, and s_ij = sup_y |v_i . y| / sum_l |v_l . y|. Three bounds, all valid:

@@ -1,6 +1,6 @@
 """Activations as objects that know whether the envelope certificate covers them.
 
-Every certificate rests on |phi(t)| <= |t| for all real t (DESIGN §1), so phi(0) = 0. The uniform
+Every certificate rests on |phi(t)| <= |t| for all real t (docs/theory.md §1), so phi(0) = 0. The uniform
 bound of the `sample` mode further needs phi positively homogeneous and piecewise linear with a
 single break at 0 (ReLU, leaky ReLU, identity); see docs/theory.md, Theorem 4.
 

@@ -1,7 +1,7 @@
 """Rewire the next layer after units are removed, so it compensates for what they carried.
 
 Slicing alone drops a removed unit's contribution U_jr phi(p_r . x~) from every next unit j. Two
-rewirings give some of it back (DESIGN §1, docs/theory.md "Rewiring the next layer"):
+rewirings give some of it back (docs/theory.md, "Rewiring the next layer"):
 
 - `merge_weights`, data-free: when phi is positively homogeneous (phi(lambda t) = lambda phi(t)
   for lambda > 0) and a kept unit m points the same way as the removed unit r, p_r ~ lambda p_m,
