@@ -23,6 +23,7 @@ from coreprune.checks import check_fraction, check_int
 from coreprune.compress import compress
 from coreprune.harness.data import make_loaders
 from coreprune.harness.pretrained import PRETRAINED, load_pretrained
+from coreprune.harness.training import set_seed
 from coreprune.harness.training.batchnorm import recalibrated_copy
 from coreprune.scoring import SCORERS, UnitScorer, make_scorer, needs_data
 from coreprune.torch_utils import eval_mode
@@ -95,6 +96,7 @@ def run_oneshot(
     calibration = check_int(calibration, "calibration", minimum=2)
     test_images = check_int(test_images, "test_images", minimum=1)
     loaders = make_loaders("fashion_mnist", batch_size=256, augment=False, seed=seed)
+    set_seed(seed)  # the training loader shuffles with the global generator
     calib = _first(loaders.train, calibration)[0]
     test_x, test_y = _first(loaders.test, test_images)
     rows: list[OneshotRow] = []
@@ -105,6 +107,7 @@ def run_oneshot(
         log(f"{name}: dense test accuracy {100 * dense_acc:.2f}% on {len(test_y)} images")
         for budget in budgets:
             for method, rewiring in parsed:
+                set_seed(seed)  # each row draws the same batches (SNIP, BN re-estimation)
                 start = time.perf_counter()
                 scorer: str | UnitScorer = method
                 if method != "coreset":
