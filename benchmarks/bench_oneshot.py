@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 import coreprune
 from coreprune.compress import PairCut, apply_plan, compress, count_macs, count_params
 from coreprune.harness.data import load_dataset, make_loaders
-from coreprune.harness.evaluation.machine import describe_device
+from coreprune.harness.evaluation.machine import cpu_name
 from coreprune.harness.pretrained import load_pretrained
 from coreprune.harness.training import evaluate, fit, recalibrated_copy
 from coreprune.scoring import SNIP, Magnitude, Pruner, Random, SynFlow
@@ -117,6 +117,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="LeNet-300-100 also at this fraction of hidden units removed per layer",
     )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--compensate",
+        nargs="+",
+        default=["none", "merge", "lstsq"],
+        choices=["none", "merge", "lstsq"],
+        help="rewirings to run for our methods (a subset to run the most telling rows first)",
+    )
+    p.add_argument(
+        "--choices",
+        nargs="+",
+        default=["empirical", "certified"],
+        choices=["empirical", "certified"],
+        help="coreset choices to run (certified only with lstsq)",
+    )
     p.add_argument("--random-seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument(
         "--calibration",
@@ -149,6 +163,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed training subsets")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="only rewrite summary.md from the rows in --out (settings as given)",
+    )
     args = p.parse_args(argv)
     args.finetune_images = _per_model(args.finetune_images, 10000, "--finetune-images")
     for name in ("calibration", "snip_batch", "synflow_rounds", "hessian_samples", "bn_batches"):
@@ -227,7 +246,12 @@ def specs(args: argparse.Namespace) -> list[Spec]:
             out.append(Spec(method, "none"))
         else:
             out += [Spec(method, c) for c in ("none", "lstsq")]
-    return out
+    return [
+        s
+        for s in out
+        if (s.method in TP_IMPORTANCES or s.compensate in args.compensate)
+        and (s.method != "coreset" or s.choice in args.choices)
+    ]
 
 
 def _pruner(spec: Spec, args: argparse.Namespace, data: Data) -> str | Pruner:
@@ -248,7 +272,9 @@ def _pruner(spec: Spec, args: argparse.Namespace, data: Data) -> str | Pruner:
 
 def prune_ours(
     model: nn.Module, target: float, spec: Spec, args: argparse.Namespace, data: Data
-) -> nn.Module:
+) -> tuple[nn.Module, dict[str, int]]:
+    """The pruned model and its kept units per report row (a row's producer may be a group of
+    layers writing one residual stream, named "a + b + ...")."""
     kwargs: dict[str, Any] = {
         "target": target, "metric": "params", "allocation": "uniform",
         "compensate": spec.compensate, "progress": False,
@@ -258,14 +284,16 @@ def prune_ours(
         kwargs.update(calibration=data.calibration, choice=spec.choice)
     elif spec.compensate == "lstsq":
         kwargs.update(calibration=data.calibration)
-    return compress(model, method=_pruner(spec, args, data), **kwargs).model
+    result = compress(model, method=_pruner(spec, args, data), **kwargs)
+    return result.model, {r.producer: r.units_after for r in result.report.rows}
 
 
 def widths_of(model: nn.Module, producers: Sequence[str]) -> dict[str, int]:
-    """Output units of each producer (Linear out_features, Conv2d out_channels)."""
+    """Output units of each producer (Linear out_features, Conv2d out_channels); a group
+    "a + b + ..." (layers writing one residual stream) reads its first layer."""
     out: dict[str, int] = {}
     for name in producers:
-        layer = model.get_submodule(name)
+        layer = model.get_submodule(name.split(" + ")[0])
         if isinstance(layer, nn.Linear):
             out[name] = layer.out_features
         elif isinstance(layer, nn.Conv2d):
@@ -288,9 +316,10 @@ def prune_tp(
     work = copy.deepcopy(model).eval()
     modules = dict(work.named_modules())
     dense = widths_of(work, list(widths))
-    ratios = {modules[n]: 1.0 - (widths[n] + 0.5) / dense[n] for n in widths}
+    members = {m: n for n in widths for m in n.split(" + ")}
+    ratios = {modules[m]: 1.0 - (widths[n] + 0.5) / dense[n] for m, n in members.items()}
     ignored = [
-        m for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in widths
+        m for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in members
     ]
     x, y = data.calibration[: args.snip_batch], data.calibration_labels[: args.snip_batch]
     if spec.method == "tp_l2":
@@ -392,7 +421,7 @@ def _has_bn(model: nn.Module) -> bool:
 
 
 def _width_text(widths: dict[str, int]) -> str:
-    return " ".join(f"{n}:{w}" for n, w in widths.items())
+    return "; ".join(f"{n}:{w}" for n, w in widths.items())
 
 
 def run_model(
@@ -425,11 +454,12 @@ def run_model(
     budgets += [(budget_label(t), t, None) for t in args.budgets]
     params0, macs0 = count_params(dense), count_macs(dense, example)
     for label, target, expected in budgets:
-        widths = expected or _recorded_widths(path, name, label)
+        widths = expected
+        reference: str | None = None
         for spec in specs(args):
             key = spec.key(name, label)
-            if key in done:
-                continue
+            if key in done or key in {_key(r) for r in read_rows(path) if r["status"] == "ok"}:
+                continue  # finished here or by a concurrent run into the same folder
             row: dict[str, Any] = base | {
                 "budget": label, "target": target, "method": spec.method,
                 "compensate": spec.compensate, "choice": spec.choice, "seed": spec.seed,
@@ -437,17 +467,27 @@ def run_model(
             start = time.perf_counter()
             try:
                 if spec.method in TP_IMPORTANCES:
+                    text = _recorded(path, name, label, "widths")
+                    widths = widths or (None if text is None else _parse_widths(text))
                     if widths is None:
                         raise RuntimeError("no reference widths yet: run a method of ours first")
                     pruned = prune_tp(dense, widths, spec, args, data)
+                    got = widths_of(pruned, list(widths))
                 else:
-                    pruned = prune_ours(dense, target, spec, args, data)
+                    pruned, got = prune_ours(dense, target, spec, args, data)
                 seconds = time.perf_counter() - start
-                got = widths_of(pruned, producers)
                 if widths is None:
                     widths = got
                 elif got != widths:
                     raise RuntimeError(f"widths {got} differ from the budget's {widths}")
+                reference = reference or _recorded(path, name, label, "params")
+                if reference is None:
+                    reference = str(count_params(pruned))
+                elif int(reference) != count_params(pruned):
+                    raise RuntimeError(
+                        f"{count_params(pruned)} params, not the budget's {reference}: "
+                        "a layer outside the widths was pruned or left dense"
+                    )
             except Exception as err:  # recorded in the results as a failed row, not hidden
                 _append(path, row | {"status": "failed", "note": f"{type(err).__name__}: {err}"})
                 log(f"{name} {label} {spec}: FAILED {type(err).__name__}: {err}")
@@ -467,12 +507,19 @@ def run_model(
                 f"{time.perf_counter() - start:.0f} s row)")  # fmt: skip
 
 
-def _recorded_widths(path: Path, model: str, budget: str) -> dict[str, int] | None:
-    """The widths of an earlier successful row of this budget (a resumed run)."""
+def _recorded(path: Path, model: str, budget: str, field: str) -> str | None:
+    """`field` of an earlier successful row of this budget (a resumed or concurrent run)."""
     for row in read_rows(path):
         if row["model"] == model and row["budget"] == budget and row["status"] == "ok":
-            return {n: int(w) for n, _, w in (i.rpartition(":") for i in row["widths"].split())}
+            return row[field]
     return None
+
+
+def _parse_widths(text: str) -> dict[str, int]:
+    """Inverse of `_width_text`: "name:width; name:width" (names may hold spaces); rows
+    written before groups were named use single spaces and plain layer names."""
+    items = text.split("; ") if "; " in text or " + " in text else text.split()
+    return {n: int(w) for n, _, w in (i.rpartition(":") for i in items)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,6 +606,7 @@ def _label(row: dict[str, str]) -> str:
 
 def summary_tables(rows: list[dict[str, str]]) -> str:
     """Per model: rows = method + rewiring, columns = budgets; random as mean±std over seeds."""
+    rows = list({_key(r): r for r in rows}.values())  # a repeated row: the latest counts
     parts: list[str] = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -584,7 +632,7 @@ def summary_tables(rows: list[dict[str, str]]) -> str:
                 failed = [r for r in group if r["status"] != "ok"]
                 ok = [r for r in group if r["status"] == "ok"]
                 if not ok:
-                    cells.append("failed" if failed else "")
+                    cells.append("failed" if failed else "not run")
                     continue
                 pruned = _stat([_num(r["acc_pruned"]) for r in ok])
                 bn = _stat([_num(r["acc_bn"]) for r in ok])
@@ -596,11 +644,12 @@ def summary_tables(rows: list[dict[str, str]]) -> str:
                   "|---|---|---|---|---|---|"]  # fmt: skip
         for budget in budgets:
             ok = [r for r in mine if r["budget"] == budget and r["status"] == "ok"]
-            shapes = {(r["params"], r["macs"], r["widths"]) for r in ok}
+            # Widths are checked when each row runs; early rows listed fewer layers (no groups).
+            shapes = {(r["params"], r["macs"]) for r in ok}
             if not ok:
                 continue
             mark = "" if len(shapes) == 1 else " **(rows differ!)**"
-            r = ok[0]
+            r = max(ok, key=lambda row: len(row["widths"]))
             parts.append(f"| {budget} | {int(r['params']):,}{mark} | {int(r['macs']):,} | "
                          f"{100 * float(r['params_removed']):.2f}% | "
                          f"{100 * float(r['macs_removed']):.2f}% | {r['widths']} |")  # fmt: skip
@@ -641,8 +690,11 @@ def write_summary(out: Path, header: str) -> None:
         rows = read_rows(out / "results.csv")
         models = list(dict.fromkeys(r["model"] for r in rows))
         runs = [(out / f"command_{m}.txt") for m in models]
-        commands = [f"  - {f.read_text().strip()}" for f in runs if f.exists()]
-        text = header + "\n".join(["- commands, per model:", *commands, "", ""])
+        commands = [
+            f"  - {line}" for f in runs if f.exists() for line in f.read_text().split("\n") if line
+        ]
+        lines = ["- commands, per model:", *commands, "", SNAPSHOT_NOTE, "", ""]
+        text = header + "\n".join(lines)
         (out / "summary.md").write_text(text + summary_tables(rows))
 
 
@@ -663,12 +715,20 @@ def _revision() -> str:
     return f"commit {head}" + (" with uncommitted changes in coreprune/" if dirty else "")
 
 
+SNAPSHOT_NOTE = (
+    "A run 'imported from a snapshot' used `git archive <commit> coreprune` of this repository "
+    "plus the pretrained weights then in the working tree (the committed ones since), via "
+    "PYTHONPATH, so that edits made while it ran could not reach it."
+)
+
+
 def _header(args: argparse.Namespace) -> str:
     return "\n".join([
         "# One-shot pruning at matched widths (Fashion-MNIST)",
         "",
-        f"- machine: {describe_device(torch.device('cpu'))} ({platform.machine()}; the 2 cores "
-        "were shared with other jobs, so wall times are only indicative)",
+        f"- machine: {cpu_name()}, {os.cpu_count()} cores ({platform.machine()}), torch "
+        f"{torch.__version__}; threads per run below; the cores were shared with other jobs, "
+        "so wall times are only indicative",
         "- models: the shipped pretrained dense models (`coreprune.harness.pretrained`)",
         "- budgets: fraction of all params removed (`metric='params'`, uniform allocation, so "
         "every row of a budget has the same widths; checked, see the architecture tables)",
@@ -701,13 +761,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.csv"
+    if args.summary_only:
+        write_summary(args.out, _header(args))
+        return read_rows(path)
     done = {_key(r) for r in _drop_failed(path, args.models)}
     header = _header(args)
     command = "python benchmarks/bench_oneshot.py " + shlex.join(argv)
     for name in args.models:
-        (args.out / f"command_{name}.txt").write_text(
-            f"{name}: `{command}` (library at {_revision()}, {torch.get_num_threads()} threads)\n"
-        )
+        with (args.out / f"command_{name}.txt").open("a") as handle:
+            handle.write(
+                f"{name}: `{command}` (library at {_revision()}, "
+                f"{torch.get_num_threads()} threads)\n"
+            )
     log_path = args.out / "log.txt"
 
     def log(message: str) -> None:
