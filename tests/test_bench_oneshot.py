@@ -39,7 +39,7 @@ def test_smoke_run_matches_widths_and_resumes(tmp_path: Path) -> None:
             assert 0.0 <= float(r["acc_finetuned"]) <= 1.0
             assert r["acc_bn"] == ""  # LeNet has no batch norm
     hidden = [r for r in rows if r["budget"] == "hidden 80%"]
-    assert hidden[0]["widths"] == "layers.1:60 layers.3:20"
+    assert hidden[0]["widths"] == "layers.1:60; layers.3:20"
     half = next(r for r in rows if r["budget"] == "50%")
     assert abs(float(half["params_removed"]) - 0.5) < 0.01
     summary = (tmp_path / "summary.md").read_text()
@@ -57,3 +57,13 @@ def test_bad_arguments_fail_before_work(tmp_path: Path, flag: str, value: str) -
     with pytest.raises(ValueError, match=flag.lstrip("-").split("-")[0]):
         bench_oneshot.main(["--out", str(tmp_path / "never"), flag, value])
     assert not (tmp_path / "never").exists()
+
+
+def test_widths_round_trip_with_group_names() -> None:
+    widths = {"conv1 + layer1.0.conv2": 12, "layer1.0.conv1": 9}
+    text = bench_oneshot._width_text(widths)
+    assert bench_oneshot._parse_widths(text) == widths
+    assert bench_oneshot._parse_widths("layers.1:60 layers.3:20") == {
+        "layers.1": 60,
+        "layers.3": 20,
+    }
