@@ -1,0 +1,195 @@
+"""Coupled channel groups inside `compress`: find them, score their channels on the dense model,
+cut them all at once, refit each consumer, and report them (not certified: worst-case
+certificates cover single pairs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from coreprune.compress.apply import GroupCut, cut_groups
+from coreprune.compress.capture import capture_input
+from coreprune.compress.choose import (
+    GroupScores,
+    group_scores,
+    ones,
+)
+from coreprune.compress.options import Options
+from coreprune.compress.pairs import dense_target, resolve_pairs
+from coreprune.compress.report import LayerRow
+from coreprune.surgery.activations import resolve_activation
+from coreprune.surgery.graph import BlockedLayer, PrunablePair
+from coreprune.surgery.groups import (
+    ChannelGroup,
+    find_channel_groups,
+    forward_order,
+    group_from_pair,
+    is_grouped,
+)
+from coreprune.surgery.rewire import (
+    refit_consumer,
+)
+from coreprune.torch_utils import replace_submodule
+
+COUPLED_NOTE = (
+    "not certified: coupled group ({joins}); worst-case certificates cover single pairs; "
+    "held-out certificates (coreprune.certify) apply"
+)
+
+
+def resolve_groups(
+    work: nn.Module,
+    pairs: Sequence[PrunablePair] | None,
+    ignored: Sequence[str],
+    groups: bool,
+    budgeted: bool,
+) -> tuple[list[ChannelGroup], list[BlockedLayer]]:
+    """The groups to prune in forward order (single pairs as simple groups), and the layers
+    that cannot be pruned with why."""
+    if pairs is not None or not groups:
+        pair_list, blocked = resolve_pairs(work, pairs, ignored)
+        return [group_from_pair(work, p) for p in pair_list], blocked
+    if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
+        raise TypeError("ignored_layers must be a list of module names (str)")
+    names = dict(work.named_modules())
+    unknown = [n for n in ignored if n not in names]
+    if unknown:
+        raise ValueError(
+            f"ignored_layers names {unknown} that are not modules of the model; use names from "
+            "model.named_modules()"
+        )
+    found, blocked = find_channel_groups(work)
+    usable: list[ChannelGroup] = []
+    for group in found:
+        writers = (*group.producers, *group.gates)
+        touched = set(group.modules) & set(ignored)
+        if touched:
+            blocked += [BlockedLayer(w, f"ignored_layers names {sorted(touched)}") for w in writers]
+            continue
+        if group.pair is None and not budgeted:
+            reason = (
+                f"coupled channel group ({group.describe}): eps= sizes certified single pairs "
+                "only; pass target= to prune it"
+            )
+            blocked += [BlockedLayer(w, reason) for w in writers]
+            continue
+        if group.pair is not None:
+            try:
+                resolve_activation(group.pair.activation)
+            except (TypeError, ValueError) as err:
+                blocked.append(
+                    BlockedLayer(group.pair.producer, f"activation not certifiable: {err}")
+                )
+                continue
+        usable.append(group)
+    if not usable:
+        reasons = "; ".join(f"{b.name}: {b.reason}" for b in blocked[:10])
+        more = f" (and {len(blocked) - 10} more)" if len(blocked) > 10 else ""
+        raise ValueError(
+            f"the model has no prunable layer pair. Blocked: {reasons or 'no Linear/Conv2d'}{more}. "
+            "If fx misreads the model, pass pairs=[PrunablePair(...)] by hand"
+        )
+    return usable, blocked
+
+
+def coupled_scores(
+    opts: Options, work: nn.Module, items: list[ChannelGroup], progress: bool
+) -> dict[int, GroupScores]:
+    """The coreset's channel scores of every coupled group, on the dense model."""
+    if opts.pruner is not None or opts.target is None:
+        return {}
+    coupled = [i for i, g in enumerate(items) if g.pair is None]
+    bar = tqdm(coupled, desc="score (groups)", disable=not progress, unit="group")
+    return {i: group_scores(work, items[i], opts.calibration) for i in bar}
+
+
+def cut_coupled(
+    work: nn.Module, items: list[ChannelGroup], cut_list: list[tuple[int, torch.Tensor]]
+) -> None:
+    todo = [(items[i], GroupCut(k)) for i, k in cut_list if k.numel() < items[i].width]
+    if todo:
+        cut_groups(work, [g for g, _ in todo], [c for _, c in todo])
+
+
+def coupled_refits(
+    opts: Options,
+    work: nn.Module,
+    items: list[ChannelGroup],
+    cut_list: list[tuple[int, torch.Tensor]],
+) -> list[str]:
+    """Consumers of cut coupled groups, each refitted once (least squares only; a grouped conv
+    consumer is left sliced)."""
+    if opts.compensate != "lstsq":
+        return []
+    names: dict[str, None] = {}
+    for index, keep in cut_list:
+        if keep.numel() < items[index].width:
+            for consumer in items[index].consumers:
+                if not is_grouped(work.get_submodule(consumer.name)):  # lstsq: groups=1 only
+                    names[consumer.name] = None
+    return list(names)
+
+
+def refit_one(
+    opts: Options, work: nn.Module, dense: nn.Module, name: str, out_keep: dict[str, torch.Tensor]
+) -> None:
+    """Least squares on the consumer's own dense output (its kept outputs), inputs as cut."""
+    assert opts.calibration is not None
+    inputs = capture_input(work, name, opts.calibration)
+    target = dense_target(dense, work, name, opts.calibration, out_keep)
+    refit, _ = refit_consumer(work.get_submodule(name), inputs, target, ridge=opts.ridge)
+    replace_submodule(work, name, refit)
+
+
+def group_row(
+    opts: Options, group: ChannelGroup, keep: torch.Tensor, scores: GroupScores | None
+) -> LayerRow:
+    removed = keep.numel() < group.width
+    compensate = opts.compensate if opts.compensate == "lstsq" and removed else "none"
+    notes = [COUPLED_NOTE.format(joins=group.describe)]
+    if opts.compensate == "merge" and removed:
+        notes.append("merge applies to single pairs only: the consumers are left sliced")
+    if scores is not None:
+        notes.append(f"channels ranked by {scores.how}")
+    elif opts.pruner is not None:
+        notes.append(f"channels ranked by the sum of {opts.pruner.name} unit scores of producers")
+    rewiring = "least squares per consumer on its dense output" if compensate == "lstsq" else ""
+    norms = [n for n in group.producer_norms if n is not None]
+    return LayerRow(
+        producer=" + ".join(group.producers), consumer=" + ".join(c.name for c in group.consumers),
+        norm=" + ".join(norms) or None, units_before=group.width, units_after=int(keep.numel()),
+        params_before=0, params_after=0, macs_before=None, macs_after=None, eps=None,
+        delta=None, vacuous=None, query=None, sensitivity=None, note="; ".join(notes),
+        keep=keep, scale=ones(keep.numel()), certificate=None, compensate=compensate,
+        eps_rewired=None, rewiring=rewiring, modules=group.modules,
+    )  # fmt: skip
+
+
+def group_label(group: ChannelGroup) -> str:
+    if group.pair is not None:
+        return f"{group.pair.producer}' -> '{group.pair.consumer}"
+    return " + ".join(group.producers)
+
+
+def group_steps(
+    work: nn.Module, items: list[ChannelGroup], refits: list[str]
+) -> list[tuple[str, int]]:
+    """Simple pairs and coupled-consumer refits, ordered by the module each one refits (in
+    forward order, so every refit sees its final inputs); pairs in their given order when
+    nothing is coupled."""
+    pairs = [i for i, g in enumerate(items) if g.pair is not None]
+    if not refits:
+        return [("pair", i) for i in pairs]
+    position = {name: i for i, name in enumerate(forward_order(work))}
+    events: list[tuple[int, str, int]] = []
+    for i in pairs:
+        pair = items[i].pair
+        assert pair is not None
+        events.append((position.get(pair.consumer, len(position)), "pair", i))
+    for j, name in enumerate(refits):
+        events.append((position.get(name, len(position)), "refit", j))
+    events.sort(key=lambda e: (e[0], e[1] == "pair"))
+    return [(kind, index) for _, kind, index in events]
