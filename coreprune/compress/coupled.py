@@ -18,9 +18,13 @@ from coreprune.compress.choose import (
     ones,
 )
 from coreprune.compress.options import Options
-from coreprune.compress.pairs import dense_target, resolve_pairs
+from coreprune.compress.pairs import (
+    certifiable,
+    dense_target,
+    no_prunable_pair,
+    resolve_pairs,
+)
 from coreprune.compress.report import LayerRow
-from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import BlockedLayer, PrunablePair
 from coreprune.surgery.groups import (
     ChannelGroup,
@@ -76,22 +80,11 @@ def resolve_groups(
             )
             blocked += [BlockedLayer(w, reason) for w in writers]
             continue
-        if group.pair is not None:
-            try:
-                resolve_activation(group.pair.activation)
-            except (TypeError, ValueError) as err:
-                blocked.append(
-                    BlockedLayer(group.pair.producer, f"activation not certifiable: {err}")
-                )
-                continue
+        if group.pair is not None and not certifiable(group.pair, blocked):
+            continue
         usable.append(group)
     if not usable:
-        reasons = "; ".join(f"{b.name}: {b.reason}" for b in blocked[:10])
-        more = f" (and {len(blocked) - 10} more)" if len(blocked) > 10 else ""
-        raise ValueError(
-            f"the model has no prunable layer pair. Blocked: {reasons or 'no Linear/Conv2d'}{more}. "
-            "If fx misreads the model, pass pairs=[PrunablePair(...)] by hand"
-        )
+        raise no_prunable_pair(blocked)
     return usable, blocked
 
 

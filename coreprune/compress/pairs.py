@@ -158,21 +158,34 @@ def resolve_pairs(
         if touched:
             blocked.append(BlockedLayer(pair.producer, f"ignored_layers names {sorted(touched)}"))
             continue
-        try:
-            resolve_activation(pair.activation)
-        except (TypeError, ValueError) as err:
-            # Excluded for every method, so all methods prune the same pairs (matched budgets).
-            blocked.append(BlockedLayer(pair.producer, f"activation not certifiable: {err}"))
-            continue
-        usable.append(pair)
+        if certifiable(pair, blocked):
+            usable.append(pair)
     if not usable:
-        reasons = "; ".join(f"{b.name}: {b.reason}" for b in blocked[:10])
-        more = f" (and {len(blocked) - 10} more)" if len(blocked) > 10 else ""
-        raise ValueError(
-            f"the model has no prunable layer pair. Blocked: {reasons or 'no Linear/Conv2d'}{more}. "
-            "If fx misreads the model, pass pairs=[PrunablePair(...)] by hand"
-        )
+        raise no_prunable_pair(blocked)
     return usable, blocked
+
+
+def certifiable(pair: PrunablePair, blocked: list[BlockedLayer]) -> bool:
+    """Whether the certificate covers the pair's activation; if not, it joins `blocked`.
+
+    Excluded for every method, so all methods prune the same pairs (matched budgets).
+    """
+    try:
+        resolve_activation(pair.activation)
+    except (TypeError, ValueError) as err:
+        blocked.append(BlockedLayer(pair.producer, f"activation not certifiable: {err}"))
+        return False
+    return True
+
+
+def no_prunable_pair(blocked: Sequence[BlockedLayer]) -> ValueError:
+    """The error for a model with nothing to prune, naming what blocked each layer."""
+    reasons = "; ".join(f"{b.name}: {b.reason}" for b in blocked[:10])
+    more = f" (and {len(blocked) - 10} more)" if len(blocked) > 10 else ""
+    return ValueError(
+        f"the model has no prunable layer pair. Blocked: {reasons or 'no Linear/Conv2d'}{more}. "
+        "If fx misreads the model, pass pairs=[PrunablePair(...)] by hand"
+    )
 
 
 def pair_module_names(pairs: Sequence[PrunablePair]) -> list[str]:

@@ -92,12 +92,7 @@ def mean_square_sensitivities(activations: torch.Tensor, reading: torch.Tensor) 
     the rows first (rows x n work). It ranks units by what they carry on typical data.
     """
     rms = activation_rms(activations)
-    if (
-        not isinstance(reading, torch.Tensor)
-        or reading.ndim != 2
-        or reading.shape[1] != rms.numel()
-    ):
-        raise ValueError(f"reading must be k x {rms.numel()} (next units x units)")
+    _check_reading(reading, rms.numel())
     share = reading.detach().to(dtype=torch.float64, device=rms.device).abs() * rms[None, :]
     total = share.sum(dim=1, keepdim=True)
     return torch.where(total > 0, share / total.clamp_min(1e-300), torch.zeros_like(share))
@@ -107,11 +102,11 @@ def mean_square_unit_scores(activations: torch.Tensor, reading: torch.Tensor) ->
     """One score per unit (n,): rms(a_l) ||U_:l||_2, the root-mean-square size of what unit l
     sends into the next layer (its contribution to the next layer's input energy)."""
     rms = activation_rms(activations)
-    if (
-        not isinstance(reading, torch.Tensor)
-        or reading.ndim != 2
-        or reading.shape[1] != rms.numel()
-    ):
-        raise ValueError(f"reading must be k x {rms.numel()} (next units x units)")
+    _check_reading(reading, rms.numel())
     norms = torch.linalg.vector_norm(reading.detach().to(torch.float64), dim=0).to(rms.device)
     return rms * norms
+
+
+def _check_reading(reading: object, n: int) -> None:
+    if not isinstance(reading, torch.Tensor) or reading.ndim != 2 or reading.shape[1] != n:
+        raise ValueError(f"reading must be k x {n} (next units x units)")
