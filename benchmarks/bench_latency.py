@@ -298,7 +298,8 @@ def write(
         f"Command: `{command}`",
         "",
         f"- Machine: {cpu_name()}, {os.cpu_count()} cores (shared), "
-        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+        f"process niceness {os.nice(0)}",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
         f"run time {seconds / 60:.1f} min",
         f"- Load average (1/5/15 min): {loads} at start, {loade} at end",
