@@ -190,6 +190,55 @@ def time_rounds(
     return medians
 
 
+def _shapes_of(model: nn.Module) -> set[tuple[int, int, int, int]]:
+    """(in, out, stride, input size) of every dense 3x3 conv `model` runs on a 32x32 input."""
+    seen: set[tuple[int, int, int, int]] = set()
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
+        assert isinstance(module, nn.Conv2d)
+        seen.add((module.in_channels, module.out_channels, module.stride[0], inputs[0].shape[-1]))
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1
+    ]
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 3, 32, 32))
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+def conv_shapes(models: dict[str, nn.Module]) -> dict[tuple[int, int, int, int], list[str]]:
+    """Every 3x3 conv shape the models run, with the labels of the models that use it."""
+    shapes: dict[tuple[int, int, int, int], list[str]] = {}
+    for label, model in models.items():
+        for shape in _shapes_of(model):
+            shapes.setdefault(shape, []).append(label)
+    return dict(sorted(shapes.items(), key=lambda kv: (-kv[0][3], kv[0][0], kv[0][1])))
+
+
+def conv_throughput(
+    shapes: list[tuple[int, int, int, int]], batch: int, rounds: int, repeats: int
+) -> list[tuple[float, float]]:
+    """(ms, GMAC/s) of one 3x3 conv of each shape: the fastest of `rounds` alternating round
+    medians, since a single layer's time on a shared machine is only ever inflated by others."""
+    convs = [nn.Conv2d(i, o, 3, s, 1, bias=False).eval() for i, o, s, _ in shapes]
+    inputs = [torch.randn(batch, i, hw, hw) for i, _, _, hw in shapes]
+    best = [float("inf")] * len(shapes)
+    for r in range(rounds):
+        order = range(len(shapes)) if r % 2 == 0 else reversed(range(len(shapes)))
+        for k in order:
+            stats = measure_latency(convs[k], inputs[k], warmup=2, repeats=repeats)
+            best[k] = min(best[k], stats.median_ms)
+    out = []
+    for (i, o, s, hw), ms in zip(shapes, best, strict=True):
+        macs = batch * i * o * 9 * (hw // s) ** 2
+        out.append((ms, macs / ms / 1e6))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -200,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats-n", type=int, default=4, help="timed runs per round, batch>1")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--conv-rounds", type=int, default=25, help="rounds of the per-conv table (0: skip)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "latency")
     args = parser.parse_args(argv)
 
@@ -211,9 +263,16 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
     started = time.time()
     rows: list[dict[str, object]] = []
+    conv_models: dict[str, nn.Module] = {}
     for name in args.models:
         dense = MODELS[name]().eval()
         vs = variants(name, dense, args.targets)
+        if name == "resnet20":
+            conv_models = {
+                v.label: v.model
+                for v in vs
+                if v.model is not None and (v.target is None or v.target == args.targets[0])
+            }
         timed = [v for v in vs if v.model is not None]
         for batch in args.batches:
             x = torch.randn(batch, 3, 32, 32)
@@ -270,8 +329,42 @@ def main(argv: list[str] | None = None) -> None:
                     f"ratio {lat_speedup / mac_speedup:.2f}",
                     flush=True,
                 )
+    conv_lines: list[str] = []
+    if "resnet20" in args.models and args.conv_rounds > 0:
+        conv_lines = conv_table(conv_models, args)
     load_end = os.getloadavg()
-    write(args, rows, command, load_start, load_end, time.time() - started)
+    write(args, rows, command, load_start, load_end, time.time() - started, conv_lines)
+
+
+def conv_table(models: dict[str, nn.Module], args: argparse.Namespace) -> list[str]:
+    """Markdown table: throughput of every 3x3 conv shape of ResNet-20, dense and pruned."""
+    shapes = conv_shapes(models)
+    keys = list(shapes)
+    per_batch = {
+        b: conv_throughput(keys, b, args.conv_rounds, args.repeats_1 if b == 1 else args.repeats_n)
+        for b in args.batches
+    }
+    head = "| in -> out | stride | input size | used by | " + " | ".join(
+        f"batch {b} ms | batch {b} GMAC/s" for b in args.batches
+    )
+    lines = [
+        "",
+        "## Throughput of ResNet-20's 3x3 convs at the dense and pruned widths",
+        "",
+        f"Each 3x3 conv shape (no bias) that ResNet-20 runs, dense and pruned at the first "
+        f"target; fastest of {args.conv_rounds} alternating round medians. A MAC costs very "
+        "different time in different layers, so which layers lose the MACs decides the "
+        "latency speed-up.",
+        "",
+        head + " |",
+        "|---|---|---|---|" + "---|---|" * len(args.batches),
+    ]
+    for k, (i, o, s, hw) in enumerate(keys):
+        cells = " | ".join(
+            f"{per_batch[b][k][0]:.3f} | {per_batch[b][k][1]:.1f}" for b in args.batches
+        )
+        lines.append(f"| {i} -> {o} | {s} | {hw}x{hw} | {', '.join(shapes[keys[k]])} | {cells} |")
+    return lines
 
 
 FIELDS = [
@@ -288,6 +381,7 @@ def write(
     load_start: tuple[float, float, float],
     load_end: tuple[float, float, float],
     seconds: float,
+    conv_lines: list[str],
 ) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.with_suffix(".csv").open("w", newline="") as handle:
@@ -350,6 +444,7 @@ def write(
         "",
         f"**{len(met)} of {len(measured)} measured settings meet the ratio >= {TARGET_RATIO} "
         "target.**",
+        *conv_lines,
         "",
     ]
     args.out.with_suffix(".md").write_text("\n".join(lines))
