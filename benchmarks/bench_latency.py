@@ -396,6 +396,11 @@ def write(
         for row in rows:
             writer.writerow({k: _fmt(row.get(k)) for k in FIELDS})
     measured = [r for r in rows if r.get("note") == ""]
+    spread = max(
+        (float(r[f"{k}_ms_max"]) / float(r[f"{k}_ms_min"]))  # type: ignore[arg-type]
+        for r in measured
+        for k in ("dense", "pruned")
+    )
     met = [r for r in measured if float(r["ratio"]) >= TARGET_RATIO]  # type: ignore[arg-type]
     loads = " / ".join(f"{v:.2f}" for v in load_start)
     loade = " / ".join(f"{v:.2f}" for v in load_end)
@@ -422,8 +427,10 @@ def write(
         "",
         "**These figures are noisy.** The 2-core machine was shared with other jobs (a training "
         "run among them) for the whole measurement, as the load average shows; alternating "
-        "rounds and medians reduce but do not remove the effect. Treat differences of about "
-        "10% as within noise.",
+        "rounds and medians reduce but do not remove the effect: the slowest round median of "
+        f"one model was up to {spread:.1f}x its fastest in this run (CSV, min/max columns), "
+        "and in earlier runs of this script a ratio moved by up to about 0.15. The pattern across settings is more "
+        "reliable than any single figure.",
         "",
         "MAC speed-up = dense MACs / pruned MACs. Dense ms and pruned ms are the medians of the "
         "round medians; the latency speed-up is the median over rounds of the paired quotient "
