@@ -429,8 +429,8 @@ def write(
         "run among them) for the whole measurement, as the load average shows; alternating "
         "rounds and medians reduce but do not remove the effect: the slowest round median of "
         f"one model was up to {spread:.1f}x its fastest in this run (CSV, min/max columns), "
-        "and in earlier runs of this script a ratio moved by up to about 0.15. The pattern across settings is more "
-        "reliable than any single figure.",
+        "and in earlier runs of this script a ratio moved by up to about 0.15. The pattern "
+        "across settings is more reliable than any single figure.",
         "",
         "MAC speed-up = dense MACs / pruned MACs. Dense ms and pruned ms are the medians of the "
         "round medians; the latency speed-up is the median over rounds of the paired quotient "
