@@ -28,6 +28,7 @@ import contextlib
 import copy
 import csv
 import fcntl
+import hashlib
 import importlib
 import math
 import os
@@ -36,6 +37,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -556,7 +558,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Serialise CSV writes of several runs (one per model) into the same folder."""
-    with (out / ".lock").open("w") as handle:
+    digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+    lock = Path(tempfile.gettempdir()) / f"bench_oneshot-{digest}.lock"  # not in the results
+    with lock.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
