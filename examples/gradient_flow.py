@@ -38,6 +38,7 @@ import torch
 
 from coreprune.harness.data import make_loaders
 from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.harness.oneshot import first_examples
 from coreprune.harness.training import evaluate, set_seed
 from coreprune.methods.prune_early import prune_early
 from coreprune.scoring.gradflow import GRADFLOW_MEASURES
@@ -88,19 +89,6 @@ def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.width is not None:
         kwargs["width_multiplier"] = args.width
     return kwargs
-
-
-def first_examples(
-    loader: torch.utils.data.DataLoader, count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys, seen = [], [], 0
-    for x, y in loader:
-        xs.append(x)
-        ys.append(y)
-        seen += len(y)
-        if seen >= count:
-            break
-    return torch.cat(xs)[:count], torch.cat(ys)[:count]
 
 
 def run_one(args: argparse.Namespace, method: str, seed: int, loaders: Any) -> dict[str, float]:

@@ -20,6 +20,7 @@ from coreprune.compress.choose import (
 from coreprune.compress.options import Options
 from coreprune.compress.pairs import (
     certifiable,
+    check_ignored,
     dense_target,
     no_prunable_pair,
     resolve_pairs,
@@ -56,15 +57,7 @@ def resolve_groups(
     if pairs is not None or not groups:
         pair_list, blocked = resolve_pairs(work, pairs, ignored)
         return [group_from_pair(work, p) for p in pair_list], blocked
-    if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
-        raise TypeError("ignored_layers must be a list of module names (str)")
-    names = dict(work.named_modules())
-    unknown = [n for n in ignored if n not in names]
-    if unknown:
-        raise ValueError(
-            f"ignored_layers names {unknown} that are not modules of the model; use names from "
-            "model.named_modules()"
-        )
+    check_ignored(work, ignored)
     found, blocked = find_channel_groups(work)
     usable: list[ChannelGroup] = []
     for group in found:

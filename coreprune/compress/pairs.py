@@ -139,15 +139,7 @@ def resolve_pairs(
     work: nn.Module, pairs: Sequence[PrunablePair] | None, ignored: Sequence[str] = ()
 ) -> tuple[list[PrunablePair], list[BlockedLayer]]:
     """The pairs to prune in forward order, and the layers that cannot be pruned with why."""
-    if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
-        raise TypeError("ignored_layers must be a list of module names (str)")
-    names = dict(work.named_modules())
-    unknown = [n for n in ignored if n not in names]
-    if unknown:
-        raise ValueError(
-            f"ignored_layers names {unknown} that are not modules of the model; use names from "
-            "model.named_modules()"
-        )
+    check_ignored(work, ignored)
     if pairs is None:
         found, blocked = find_prunable_pairs(work)
     else:
@@ -163,6 +155,19 @@ def resolve_pairs(
     if not usable:
         raise no_prunable_pair(blocked)
     return usable, blocked
+
+
+def check_ignored(work: nn.Module, ignored: Sequence[str]) -> None:
+    """`ignored_layers` must be module names of the model."""
+    if isinstance(ignored, str) or not all(isinstance(n, str) for n in ignored):
+        raise TypeError("ignored_layers must be a list of module names (str)")
+    names = dict(work.named_modules())
+    unknown = [n for n in ignored if n not in names]
+    if unknown:
+        raise ValueError(
+            f"ignored_layers names {unknown} that are not modules of the model; use names from "
+            "model.named_modules()"
+        )
 
 
 def certifiable(pair: PrunablePair, blocked: list[BlockedLayer]) -> bool:

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_MODELS",
     "OneshotRow",
+    "first_examples",
     "format_table",
     "parse_method",
     "run_oneshot",
@@ -97,8 +98,8 @@ def run_oneshot(
     test_images = check_int(test_images, "test_images", minimum=1)
     loaders = make_loaders("fashion_mnist", batch_size=256, augment=False, seed=seed)
     set_seed(seed)  # the training loader shuffles with the global generator
-    calib = _first(loaders.train, calibration)[0]
-    test_x, test_y = _first(loaders.test, test_images)
+    calib = first_examples(loaders.train, calibration)[0]
+    test_x, test_y = first_examples(loaders.test, test_images)
     rows: list[OneshotRow] = []
     bar = tqdm(total=len(models) * len(budgets) * len(parsed), desc="oneshot", disable=not progress)
     for name in models:
@@ -191,7 +192,7 @@ def _scorer(method: str, train: DataLoader, seed: int) -> UnitScorer:
     return scorer
 
 
-def _first(loader: DataLoader, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_examples(loader: DataLoader, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `count` examples of a loader (fewer if it has fewer), as two tensors."""
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
