@@ -120,8 +120,9 @@ def compress(
         compensate: how each consumer is rewired after its producer loses units: "none",
             "merge" (data-free) or "lstsq" (refit on `calibration`). Default: "lstsq" with
             calibration, else "merge", for the coreset; "none" for baselines.
-        choice: the coreset's ranking with `target`: "empirical" (default with calibration)
-            or "certified" (the worst-case sensitivities).
+        choice: the coreset's ranking with `target`: "empirical" (default with calibration:
+            the worst-row empirical sensitivity), "empirical_rms" (root-mean-square
+            contribution; faster on wide convs) or "certified" (the worst-case sensitivities).
         floor: no pair keeps fewer than ceil(floor * units) units (at least 1).
         ridge: relative ridge of the least-squares rewiring.
         round_to: kept counts are multiples of this (8 or 16 for real speed), capped at a

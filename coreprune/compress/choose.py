@@ -32,7 +32,7 @@ from coreprune.surgery.units import layer_units, next_weights
 
 __all__ = ["CHOICES", "Choice", "CoresetChooser", "GroupScores", "group_scores"]
 
-CHOICES = ("certified", "empirical", "empirical_max")
+CHOICES = ("certified", "empirical", "empirical_rms")
 DEFAULT_RANK = 8
 
 
@@ -202,7 +202,7 @@ class CoresetChooser:
                 model, pair, nonzero, sens, count, query, sub_producer, sub_consumer, sub_norm
             )
             scale = ones(keep_sub.numel())
-            how = "root-mean-square" if self.choice == "empirical" else "worst-row"
+            how = "root-mean-square" if self.choice == "empirical_rms" else "worst-row"
             notes.append(f"units chosen by {how} empirical sensitivity on calibration data")
         else:
             result = coreset_prune(
@@ -246,7 +246,7 @@ class CoresetChooser:
             acts = acts.reshape(acts.shape[0], n, -1, 1)
         acts = acts.index_select(1, nonzero.to(acts.device))
         reading = next_weights(consumer, nonzero.numel(), device=acts.device)
-        score = mean_square_unit_scores if self.choice == "empirical" else empirical_unit_scores
+        score = mean_square_unit_scores if self.choice == "empirical_rms" else empirical_unit_scores
         scores = score(acts, reading).cpu()
         order = torch.argsort(scores, descending=True, stable=True)
         keep_sub = torch.sort(order[:count]).values
@@ -299,14 +299,18 @@ def _reading(module: nn.Module, total: int) -> torch.Tensor:
 
 
 def group_scores(
-    model: nn.Module, group: ChannelGroup, calibration: torch.Tensor | None
+    model: nn.Module,
+    group: ChannelGroup,
+    calibration: torch.Tensor | None,
+    *,
+    mean_square: bool = False,
 ) -> GroupScores:
     """The coreset's score of each channel of a coupled group, read on `model` as it is.
 
     Each consumer c reads the channels through U_c (`next_weights`). With `calibration`, a
-    channel's score is the sum over consumers of rms(a_l) ||U_c[:, l]||, the root-mean-square
-    size of what it sends into each consumer on the consumer's actual inputs
-    (`coreprune.coreset.empirical.mean_square_unit_scores`). Data-free, every channel gets the envelope
+    channel's score is the sum over consumers of its empirical sensitivity on the consumer's
+    actual inputs (`coreprune.coreset.empirical`): the worst-row one, or with `mean_square` the
+    root-mean-square size rms(a_l) ||U_c[:, l]|| of what it sends into each consumer. Data-free, every channel gets the envelope
     m_l = sum over producers of ||p_l|| (its folded unit vector, bias included: |p_l . x~| <=
     ||p_l|| ||x~||), the other channels of a concatenation the group's largest envelope, and the
     same ratio is taken with a_l = m_l: the worst-case share of each consumer row, summed over
@@ -335,7 +339,7 @@ def group_scores(
             full = torch.full((consumer.total,), float(envelope.max()), dtype=torch.float64)
             full[consumer.offset : consumer.offset + n] = envelope
             acts = full[None, :]
-        if calibration is not None:
+        if calibration is not None and mean_square:
             sens = mean_square_sensitivities(acts, reading.to(acts.device)).cpu()
             size = mean_square_unit_scores(acts, reading.to(acts.device)).cpu()
         else:
@@ -346,7 +350,8 @@ def group_scores(
     per_next = torch.cat(rows, dim=0)
     per_unit = torch.stack(sizes).sum(dim=0)
     how = (
-        "root-mean-square empirical sensitivity on calibration data"
+        ("root-mean-square" if mean_square else "worst-row")
+        + " empirical sensitivity on calibration data"
         if calibration is not None
         else ("data-free envelope share")
     )

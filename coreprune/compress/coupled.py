@@ -89,7 +89,8 @@ def coupled_scores(
         return {}
     coupled = [i for i, g in enumerate(items) if g.pair is None]
     bar = tqdm(coupled, desc="score (groups)", disable=not progress, unit="group")
-    return {i: group_scores(work, items[i], opts.calibration) for i in bar}
+    rms = opts.choice == "empirical_rms"
+    return {i: group_scores(work, items[i], opts.calibration, mean_square=rms) for i in bar}
 
 
 def cut_coupled(

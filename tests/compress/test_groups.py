@@ -386,3 +386,17 @@ def test_round_to_and_floor_apply_per_group() -> None:
         assert row.units_after % 4 == 0 or row.units_after == row.units_before
         assert row.units_after >= 0.3 * row.units_before
     assert abs(result.report.achieved - 0.6) <= 0.02
+
+
+def test_choices_rank_with_calibration_and_rms_is_available() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 3))
+    x = torch.randn(64, 16)
+    kept = {}
+    for choice in ("empirical", "empirical_rms", "certified"):
+        report = compress(net, target=0.4, calibration=x, choice=choice, progress=False).report
+        kept[choice] = report[0].units_after
+        assert ("empirical sensitivity" in report[0].note) == (choice != "certified")
+    assert len(set(kept.values())) == 1  # the same widths, whatever the ranking
+    with pytest.raises(ValueError, match="choice must be one of"):
+        compress(net, target=0.4, calibration=x, choice="empirical_max", progress=False)
