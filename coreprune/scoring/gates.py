@@ -76,9 +76,16 @@ class UnitGates:
         self._handles.clear()
 
     def _hook(self, index: int) -> Any:
+        # A conv's units are its channels (dim 1); a Linear's are its last dim, whatever leading
+        # dims (batch, tokens) its output has.
+        channels_first = isinstance(self.producers[index], nn.Conv2d)
+
         def multiply(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
             gate = self.values[index]
-            shape = (1, -1) + (1,) * (output.ndim - 2)
+            if channels_first:
+                shape = (1, -1) + (1,) * (output.ndim - 2)
+            else:
+                shape = (1,) * (output.ndim - 1) + (-1,)
             return output * gate.to(output.dtype).view(shape)
 
         return multiply

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from coreprune import compress
 from coreprune.harness.models import build_model
 from coreprune.scoring import SNIP, Magnitude, Random, SynFlow, UnitGates
+from coreprune.surgery.graph import find_prunable_pairs
 
 
 def _methods(x: torch.Tensor, y: torch.Tensor) -> list[object]:
@@ -97,3 +99,21 @@ def test_snip_by_name_needs_data(
         compress(model, target=0.5, method="snip", progress=False)
     with pytest.raises(ValueError, match="input shape"):
         compress(model, target=0.5, method="synflow", progress=False)
+
+
+def test_gates_multiply_a_linear_producers_last_dim_on_token_inputs() -> None:
+    """A Linear applied to (batch, tokens, features): its units are the last dim."""
+    torch.manual_seed(0)
+    ffn = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 6))
+    x = torch.randn(2, 5, 6)
+    pairs, _ = find_prunable_pairs(ffn)
+    mask = torch.ones(10)
+    mask[3] = 0.0
+    gates = UnitGates(ffn, pairs, masks=[mask])
+    with gates, torch.no_grad():
+        gated = ffn(x)
+    with torch.no_grad():
+        hidden = torch.relu(ffn[0](x))
+        hidden[..., 3] = 0.0
+        expected = ffn[2](hidden)
+    torch.testing.assert_close(gated, expected)
