@@ -232,14 +232,21 @@ class _Tracer(fx.Tracer):
         return stateless and looks_like_activation(m)
 
 
-def _trace(model: nn.Module) -> fx.Graph:
+_BY_HAND = (
+    "Pass the pairs by hand instead (compress(..., pairs=[PrunablePair(...), ...])) and check "
+    "them with coreprune.surgery.graph.validate_pairs."
+)
+
+
+def _trace(model: nn.Module, tracer: fx.Tracer | None = None, hint: str = _BY_HAND) -> fx.Graph:
+    """The model's fx graph, traced by `tracer` (default: the pair walk's); an FxTraceError
+    naming `hint` when fx cannot trace it."""
     try:
-        return _Tracer().trace(model)
+        return (tracer or _Tracer()).trace(model)
     except Exception as err:  # fx raises many types; all mean the same thing here
         raise FxTraceError(
             f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). "
-            "Pass the pairs by hand instead (compress(..., pairs=[PrunablePair(...), ...])) and "
-            "check them with coreprune.surgery.graph.validate_pairs."
+            + hint
         ) from err
 
 

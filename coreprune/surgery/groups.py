@@ -74,6 +74,7 @@ from coreprune.surgery.graph import (
     _Tracer,
     find_prunable_pairs,
 )
+from coreprune.surgery.graph import _trace as trace_graph
 from coreprune.surgery.registry import layer_kind, norm_kind
 
 __all__ = [
@@ -226,14 +227,11 @@ class _GroupTracer(_Tracer):
 
 
 def _trace(model: nn.Module) -> fx.Graph:
-    try:
-        return _GroupTracer().trace(model)
-    except Exception as err:  # fx raises many types; all mean the same thing here
-        raise FxTraceError(
-            f"torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}). "
-            "Pass the pairs by hand instead (compress(..., pairs=[PrunablePair(...), ...], "
-            "groups=False))."
-        ) from err
+    hint = (
+        "Pass the pairs by hand instead (compress(..., pairs=[PrunablePair(...), ...], "
+        "groups=False))."
+    )
+    return trace_graph(model, _GroupTracer(), hint)
 
 
 @dataclass
