@@ -56,7 +56,13 @@ from coreprune.compress.coupled import (
 from coreprune.compress.options import DEFAULT_FLOOR, check_model_inputs, check_options
 from coreprune.compress.pairs import cut_and_rewire, make_chooser, params_of, with_costs
 from coreprune.compress.plan import plan_counts
-from coreprune.compress.report import CompressReport, CompressResult, LayerRow
+from coreprune.compress.report import (
+    CompressReport,
+    CompressResult,
+    CompressStep,
+    LayerRow,
+    combine_steps,
+)
 from coreprune.scoring.base import UnitScorer
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.rewire import (
@@ -202,7 +208,11 @@ def _iterative(
     on_step: Callable[[nn.Module, int], None] | None,
     options: dict[str, Any],
 ) -> CompressResult:
-    """`steps` compressions, each toward 1 - (1 - target)^(step / steps) of the dense cost."""
+    """`steps` compressions, each toward 1 - (1 - target)^(step / steps) of the dense cost.
+
+    The result's report describes the whole run against the dense model (`combine_steps`): the
+    overall target, what was achieved, and every step (`report.steps`), skipped ones included.
+    """
     target = options["target"]
     if target is None:
         raise ValueError("steps > 1 needs target= (eps applies per layer in one step)")
@@ -216,19 +226,26 @@ def _iterative(
     measure = (
         (lambda m: count_macs(m, args)) if options["metric"] == "macs" and args else count_params
     )
+    start = time.perf_counter()
     dense_cost = measure(model)
     current, result = model, None
+    done: list[CompressStep] = []
     for step in range(1, steps + 1):
         wanted = (1 - target) ** (step / steps) * dense_cost  # cost left after this step
         relative = 1 - wanted / measure(current)
-        if relative <= 0:
+        if relative <= 0:  # an earlier step overshot (round_to, floors): nothing left to cut
+            done.append(CompressStep(step, 0.0, 1 - measure(current) / dense_cost, None))
             continue
         result = _compress_once(current, **{**options, "target": min(relative, 1 - 1e-9)})
         current = result.model
+        done.append(CompressStep(step, relative, 1 - measure(current) / dense_cost, result.report))
         if on_step is not None:
             on_step(current, step)
-    assert result is not None
-    return result
+    assert result is not None  # step 1 always prunes: relative = 1 - (1 - target)^(1/steps) > 0
+    report = combine_steps(
+        done, target=target, metric=options["metric"], seconds=time.perf_counter() - start
+    )
+    return CompressResult(result.model, report)
 
 
 def _compress_once(

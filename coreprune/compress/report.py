@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from coreprune.compress.cost import removed_fraction
 from coreprune.coreset.certificate import Certificate
 from coreprune.surgery.graph import BlockedLayer
 
-__all__ = ["CompressReport", "CompressResult", "LayerRow"]
+__all__ = ["CompressReport", "CompressResult", "CompressStep", "LayerRow", "combine_steps"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class CompressReport(Sequence[LayerRow]):
     macs_before: int | None
     macs_after: int | None
     seconds: float
+    # compress(..., steps=n): every step, in order (empty for a one-step compression).
+    steps: tuple[CompressStep, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -163,6 +165,9 @@ class CompressReport(Sequence[LayerRow]):
                 f"({100 * (self.macs_removed or 0.0):.2f}% removed)"
             )
         lines.append(f"- wall time: {self.seconds:.2f} s")
+        if self.steps:
+            lines.append(f"- steps ({len(self.steps)}):")
+            lines += [f"  - {s.describe()}" for s in self.steps]
         if self.pairs_by_hand:
             lines.append("- pairs given by hand: no blocked-layer analysis")
         elif self.blocked:
@@ -172,6 +177,115 @@ class CompressReport(Sequence[LayerRow]):
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+@dataclass(frozen=True)
+class CompressStep:
+    """One step of an iterative compression (`compress(..., steps=n)`).
+
+    `target` is the fraction of this step's input model asked to be removed, chosen so that the
+    model left after the step costs (1 - overall target)^(step / n) of the dense model;
+    `removed` is what was removed from the dense model by then (both in the budget's metric).
+    `report` is the step's own report, relative to its input model; None when the step was
+    skipped because the earlier steps had already removed at least its share.
+    """
+
+    step: int
+    target: float
+    removed: float
+    report: CompressReport | None
+
+    def describe(self) -> str:
+        """One line: what the step asked, what it did, and where the whole run then stood."""
+        overall = f"{100 * self.removed:.2f}% of the dense model removed after it"
+        if self.report is None:
+            return (
+                f"step {self.step}: skipped, the earlier steps had already removed its share; "
+                + overall
+            )
+        achieved = self.report.achieved if self.report.achieved is not None else float("nan")
+        return (
+            f"step {self.step}: target {100 * self.target:.2f}% of its input, achieved "
+            f"{100 * achieved:.2f}% ({self.report.params_before:,} → "
+            f"{self.report.params_after:,} params); " + overall
+        )
+
+
+def combine_steps(
+    steps: Sequence[CompressStep], *, target: float, metric: str, seconds: float
+) -> CompressReport:
+    """The report of a whole iterative run, against the dense model it started from.
+
+    Totals, `target` and `achieved` compare the last step's output with the first step's input.
+    Each row follows one pair through the steps: units, params and MACs before are the dense
+    model's, `keep` indexes the dense model's units and `scale` multiplies the scales of every
+    step. A per-layer certificate covers one step's change only, and errors of several steps
+    are not certified to add up, so when more than one step pruned, the rows carry no eps (each
+    step's report in `steps` keeps its own). `seconds` is the whole run's wall time.
+    """
+    ran = [s.report for s in steps if s.report is not None]
+    if not ran:
+        raise ValueError("an iterative compression needs at least one step that ran")
+    first, last = ran[0], ran[-1]
+    earlier: list[dict[tuple[str, str], LayerRow]] = [
+        {(r.producer, r.consumer): r for r in report.rows} for report in ran[:-1]
+    ]
+    rows = []
+    for row in last.rows:
+        key = (row.producer, row.consumer)
+        keep, scale, start = row.keep, row.scale, row
+        for step_rows in reversed(earlier):
+            before = step_rows.get(key)
+            if before is None or before.units_after != start.units_before:
+                break  # not the same units: the row starts at the step after
+            # The later step's unit i is this step's kept unit before.keep[i], whose outgoing
+            # weights this step already multiplied by before.scale[i].
+            scale = before.scale[keep] * scale
+            keep = before.keep[keep]
+            start = before
+        combined = replace(
+            row,
+            units_before=start.units_before,
+            params_before=start.params_before,
+            macs_before=start.macs_before,
+            keep=keep,
+            scale=scale,
+        )
+        if len(ran) > 1:
+            note = (
+                f"pruned in {len(ran)} steps: each step's certificate covers that step only "
+                "(report.steps)"
+            )
+            combined = replace(
+                combined, eps=None, delta=None, vacuous=None, certificate=None,
+                eps_rewired=None, note="; ".join(p for p in (row.note, note) if p),
+            )  # fmt: skip
+        rows.append(combined)
+    if metric == "macs":
+        assert first.macs_before is not None and last.macs_after is not None
+        achieved = removed_fraction(first.macs_before, last.macs_after)
+    else:
+        achieved = removed_fraction(first.params_before, last.params_after)
+    skipped = len(steps) - len(ran)
+    budget = (
+        f"target {100 * target:g}% of {metric} removed in {len(steps)} steps, each removing the "
+        f"same fraction of what remains ({last.allocation} allocation"
+        + (f"; {skipped} skipped" if skipped else "")
+        + f"); achieved {100 * achieved:.2f}% {metric} removed from the dense model"
+    )
+    return replace(
+        last,
+        rows=tuple(rows),
+        target=target,
+        achieved=achieved,
+        target_reached=achieved >= target - 1e-12,
+        budget=budget,
+        params_before=first.params_before,
+        prunable_params_before=first.prunable_params_before,
+        macs_before=first.macs_before,
+        seconds=seconds,
+        steps=tuple(steps),
+    )
 
 
 @dataclass(frozen=True)
