@@ -269,7 +269,7 @@ def _pruner(spec: Spec, args: argparse.Namespace, data: Data) -> str | Pruner:
     if spec.method == "random":
         assert isinstance(spec.seed, int)
         return Random(spec.seed)
-    raise ValueError(f"unknown method {spec.method!r}")
+    return spec.method  # any other name compress knows (it rejects unknown ones)
 
 
 def prune_ours(
@@ -283,7 +283,8 @@ def prune_ours(
         "example_input": data.calibration[:1],
     }  # fmt: skip
     if spec.method == "coreset":
-        kwargs.update(calibration=data.calibration, choice=spec.choice)
+        kwargs.update(calibration=data.calibration,
+                      choice=None if spec.choice == "default" else spec.choice)  # fmt: skip
     elif spec.compensate == "lstsq":
         kwargs.update(calibration=data.calibration)
     result = compress(model, method=_pruner(spec, args, data), **kwargs)
