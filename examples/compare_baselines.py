@@ -5,7 +5,7 @@ to each target (the same architecture for all methods: uniform allocation), and 
 accuracy before and after the same fine-tuning. Writes results.csv (one row per run, resumable),
 summary.csv, summary.md, summary.png and config.json to --out, and prints the table.
 
-Defaults are the quick main job (ResNet-20 on 4000 training images, one seed, 50% and 90% of
+Defaults are the quick main job (ResNet-20 on 4000 training images, one seed, 50% and 75% of
 params removed, 1 epoch of fine-tuning), a few minutes on a 2-core CPU; flags give the full
 protocol, e.g.
     python examples/compare_baselines.py --models resnet20 resnet56 vgg11 vgg16 \\
