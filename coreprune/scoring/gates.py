@@ -16,8 +16,39 @@ from torch import nn
 from coreprune.surgery.activations import Activation
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.groups import ChannelGroup
+from coreprune.surgery.registry import layer_kind
 
-__all__ = ["UnitGates", "group_gate_pairs", "reduce_group_scores", "unit_params"]
+__all__ = [
+    "UnitGates",
+    "group_gate_pairs",
+    "param_unit_rows",
+    "reduce_group_scores",
+    "unit_params",
+    "unit_rows",
+]
+
+
+def _kind_of(module: nn.Module, name: str) -> Any:
+    kind = layer_kind(module)
+    if kind is None:
+        raise TypeError(
+            f"{name} is {type(module).__name__}; gates need a layer the surgery registry knows "
+            "(nn.Linear, nn.Conv2d, HF-style Conv1D)"
+        )
+    return kind
+
+
+def _device(module: nn.Module) -> torch.device:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.device
+
+
+def unit_rows(producer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor shaped like ``producer.weight`` (the weight, its gradient, a score) as one row
+    per unit, through the registry's unit view. Scorers read units this way, never as
+    ``weight`` rows: an HF Conv1D stores its weight (inputs, outputs), so its rows are inputs."""
+    return _kind_of(producer, "producer").unit_view(producer, tensor)
 
 
 class UnitGates:
@@ -37,20 +68,19 @@ class UnitGates:
     ) -> None:
         self.model = model
         self.pairs = list(pairs)
-        self.producers: list[nn.Linear | nn.Conv2d] = []
+        self.producers: list[Any] = []
         self.norms: list[nn.Module | None] = []
-        self.consumers: list[nn.Linear | nn.Conv2d] = []
+        self.consumers: list[Any] = []
         self.values: list[torch.Tensor] = []
         for index, pair in enumerate(self.pairs):
             producer = model.get_submodule(pair.producer)
-            assert isinstance(producer, (nn.Linear, nn.Conv2d))
             consumer = model.get_submodule(pair.consumer)
-            assert isinstance(consumer, (nn.Linear, nn.Conv2d))
+            _kind_of(consumer, f"consumer {pair.consumer!r}")
             self.producers.append(producer)
             self.norms.append(None if pair.norm is None else model.get_submodule(pair.norm))
             self.consumers.append(consumer)
-            n = producer.weight.shape[0]
-            gate = torch.ones(n, dtype=dtype, device=producer.weight.device)
+            n = _kind_of(producer, f"producer {pair.producer!r}").out_units(producer)
+            gate = torch.ones(n, dtype=dtype, device=_device(producer))
             if masks is not None:
                 gate = masks[index].to(gate.device, dtype)
             self.values.append(gate)
@@ -106,6 +136,18 @@ def unit_params(gates: UnitGates, index: int) -> list[torch.Tensor]:
             if isinstance(p, torch.Tensor):
                 out.append(p)
     return out
+
+
+def param_unit_rows(
+    gates: UnitGates, index: int, param: torch.Tensor, tensor: torch.Tensor
+) -> torch.Tensor:
+    """``tensor`` (shaped like ``param``, one of ``unit_params(gates, index)``) as one row per
+    unit: the producer's weight through the registry's unit view, a bias or norm vector as
+    (n, 1)."""
+    producer = gates.producers[index]
+    if param is producer.weight:
+        return unit_rows(producer, tensor)
+    return tensor.reshape(gates.units(index), -1)
 
 
 def group_gate_pairs(groups: Sequence[ChannelGroup]) -> tuple[list[PrunablePair], list[int]]:

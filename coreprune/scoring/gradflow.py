@@ -33,7 +33,7 @@ from coreprune.torch_utils import module_weight
 
 from .base import Pruner
 from .data import labelled_batch
-from .gates import UnitGates
+from .gates import UnitGates, unit_rows
 from .grasp import (
     check_data,
     check_temperature,
@@ -178,7 +178,7 @@ class GradFlow(Pruner):
         for producer in gates.producers:
             w = producer.weight.detach()
             signal = signals.get(id(producer.weight), torch.zeros_like(w))
-            rows = self.combine(w.flatten(1), signal.flatten(1), 1)
+            rows = self.combine(unit_rows(producer, w), unit_rows(producer, signal), 1)
             out.append(rows.double().cpu())
         return out
 

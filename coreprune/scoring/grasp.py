@@ -33,7 +33,7 @@ from coreprune.torch_utils import module_weight
 
 from .base import Pruner
 from .data import is_labelled_pair, labelled_batches
-from .gates import UnitGates, unit_params
+from .gates import UnitGates, param_unit_rows, unit_params
 
 __all__ = ["UNIT_FORMS", "GraSP", "class_balanced_batch", "hessian_gradient", "prunable_weights"]
 
@@ -139,7 +139,8 @@ class GraSP(Pruner):
             n = gates.units(i)
             total = torch.zeros(n, dtype=torch.float64)
             for p in group:
-                total += (p.detach() * by_id[id(p)]).reshape(n, -1).sum(1).double().cpu()
+                rows = param_unit_rows(gates, i, p, p.detach() * by_id[id(p)])
+                total += rows.sum(1).double().cpu()
             scores.append(total)
         return scores
 

@@ -13,7 +13,7 @@ from coreprune.checks import check_int
 from coreprune.torch_utils import module_weight
 
 from .base import Pruner
-from .gates import UnitGates
+from .gates import UnitGates, unit_rows
 
 __all__ = ["Magnitude"]
 
@@ -41,7 +41,7 @@ class Magnitude(Pruner):
         self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
     ) -> list[torch.Tensor]:
         return [
-            torch.linalg.vector_norm(p.weight.detach().flatten(1).double(), ord=self.p, dim=1)
+            torch.linalg.vector_norm(unit_rows(p, p.weight.detach()).double(), ord=self.p, dim=1)
             for p in gates.producers
         ]
 

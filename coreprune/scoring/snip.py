@@ -16,7 +16,7 @@ from coreprune.torch_utils import model_device
 
 from .base import Pruner
 from .data import labelled_batch
-from .gates import UnitGates, unit_params
+from .gates import UnitGates, param_unit_rows, unit_params
 
 __all__ = ["SNIP", "UNIT_FORMS"]
 
@@ -97,7 +97,8 @@ class SNIP(Pruner):
                 for p in group:
                     g = param_grads[id(p)]
                     if g is not None:
-                        total += (p.detach() * g).abs().reshape(n, -1).sum(1).double().cpu()
+                        rows = param_unit_rows(gates, i, p, (p.detach() * g).abs())
+                        total += rows.sum(1).double().cpu()
             scores.append(total)
         total_score = sum(float(s.sum()) for s in scores)
         return [s / total_score for s in scores] if total_score > 0 else scores

@@ -21,6 +21,7 @@ __all__ = [
     "NORM_KINDS",
     "LayerKind",
     "NormKind",
+    "is_conv1d",
     "layer_kind",
     "norm_kind",
     "slice_channel_tensors",
@@ -43,6 +44,7 @@ class LayerKind(Protocol):
     def bias_params(self, module: Any) -> int: ...
     def unsupported(self, module: Any) -> str | None: ...
     def unit_weights(self, module: Any) -> torch.Tensor: ...
+    def unit_view(self, module: Any, tensor: torch.Tensor) -> torch.Tensor: ...
     def reading(self, module: Any, n_units: int) -> torch.Tensor: ...
     def weight_from_reading(self, module: Any, reading: torch.Tensor) -> torch.Tensor: ...
     def slice_outputs(self, module: Any, keep: torch.Tensor) -> nn.Module: ...
@@ -73,6 +75,14 @@ def _float64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
 
+def _rows_of(tensor: torch.Tensor, n: int, shape: torch.Size, what: str) -> torch.Tensor:
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"tensor must have the {what} weight's shape {tuple(shape)}, got {tuple(tensor.shape)}"
+        )
+    return tensor.reshape(n, -1)
+
+
 @dataclass(frozen=True)
 class _LinearKind:
     module_type: type[nn.Module] = nn.Linear
@@ -97,6 +107,10 @@ class _LinearKind:
 
     def unit_weights(self, module: nn.Linear) -> torch.Tensor:
         return _float64(module.weight)
+
+    def unit_view(self, module: nn.Linear, tensor: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor (a gradient, a score) as one row per unit: its rows."""
+        return _rows_of(tensor, self.out_units(module), module.weight.shape, "Linear")
 
     def reading(self, module: nn.Linear, n_units: int) -> torch.Tensor:
         """One row per (output, flatten position): a unit feeds a block of in_features/n."""
@@ -162,6 +176,10 @@ class _Conv2dKind:
     def unit_weights(self, module: nn.Conv2d) -> torch.Tensor:
         return _float64(module.weight).reshape(module.weight.shape[0], -1)
 
+    def unit_view(self, module: nn.Conv2d, tensor: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor as one row per output filter, flattened."""
+        return _rows_of(tensor, self.out_units(module), module.weight.shape, "Conv2d")
+
     def reading(self, module: nn.Conv2d, n_units: int) -> torch.Tensor:
         """One row per (output channel, kernel offset)."""
         return _float64(module.weight).permute(0, 2, 3, 1).reshape(-1, n_units)
@@ -223,6 +241,16 @@ class _Conv1DKind:
     def unit_weights(self, module: Any) -> torch.Tensor:
         return _float64(module.weight).T.contiguous()
 
+    def unit_view(self, module: Any, tensor: torch.Tensor) -> torch.Tensor:
+        """A weight-shaped tensor (nx, nf) as one row per unit: its columns, transposed. Reading
+        its rows instead would score the inputs, not the units."""
+        if tuple(tensor.shape) != tuple(module.weight.shape):
+            raise ValueError(
+                f"tensor must have the Conv1D weight's shape {tuple(module.weight.shape)}, got "
+                f"{tuple(tensor.shape)}"
+            )
+        return tensor.T
+
     def reading(self, module: Any, n_units: int) -> torch.Tensor:
         """Rows are outputs, as for the Linear reading of weight.T."""
         w = _float64(module.weight).T
@@ -282,6 +310,11 @@ def _is_conv1d(module: object) -> bool:
 
 
 _CONV1D = _Conv1DKind()
+
+
+def is_conv1d(module: object) -> bool:
+    """Whether `module` is read as HF's Conv1D (weight (nx, nf), y = x @ weight + bias)."""
+    return _is_conv1d(module)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import nn
 
 from coreprune.surgery.activations import Activation, resolve_activation
 from coreprune.surgery.patches import pad_for
+from coreprune.surgery.registry import is_conv1d, layer_kind
 from coreprune.surgery.units import Producer
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -209,10 +211,15 @@ def consumer_from_reading(next_layer: Producer, reading: torch.Tensor) -> Produc
     This inverts `next_weights`: for a Conv2d the rows are (output channel, kernel offset); for
     a Linear after a flatten, (output, position within each unit's block).
     """
-    if not isinstance(next_layer, (nn.Linear, nn.Conv2d)):
-        raise TypeError(f"next_layer must be nn.Linear or nn.Conv2d, got {type(next_layer)}")
+    conv1d = not isinstance(next_layer, (nn.Linear, nn.Conv2d)) and is_conv1d(next_layer)
+    if not isinstance(next_layer, (nn.Linear, nn.Conv2d)) and not conv1d:
+        raise TypeError(
+            f"next_layer must be nn.Linear, nn.Conv2d or HF-style Conv1D, got {type(next_layer)}"
+        )
     if not isinstance(reading, torch.Tensor) or reading.ndim != 2 or reading.shape[1] == 0:
         raise ValueError("reading must be a 2-D tensor with at least one column")
+    if conv1d:
+        return _conv1d_from_reading(next_layer, reading)
     w = next_layer.weight
     kept = reading.shape[1]
     r = reading.detach().to(torch.float64)
@@ -238,6 +245,26 @@ def consumer_from_reading(next_layer: Producer, reading: torch.Tensor) -> Produc
         if next_layer.bias is not None and new.bias is not None:
             new.bias.copy_(next_layer.bias)
     return new
+
+
+def _conv1d_from_reading(next_layer: nn.Module, reading: torch.Tensor) -> Producer:
+    """`consumer_from_reading` for an HF Conv1D: the registry's inverse of its reading, in the
+    module's own (inputs, outputs) layout, on a copy that keeps its class, hooks and flags."""
+    kind = layer_kind(next_layer)
+    assert kind is not None
+    out = kind.out_units(next_layer)
+    if reading.shape[0] % out != 0:
+        raise ValueError(f"reading has {reading.shape[0]} rows, not a multiple of {out} outputs")
+    weight = kind.weight_from_reading(next_layer, reading.detach().to(torch.float64))
+    new = copy.deepcopy(next_layer)
+    old = next_layer.weight
+    assert isinstance(old, torch.Tensor)
+    new.weight = nn.Parameter(
+        weight.to(dtype=old.dtype, device=old.device), requires_grad=old.requires_grad
+    )
+    if hasattr(new, "nx"):
+        setattr(new, "nx", int(weight.shape[0]))  # noqa: B010 - HF keeps the input width
+    return new  # type: ignore[return-value]
 
 
 def _module_like(layer: Producer, width: int) -> Producer:
@@ -449,32 +476,44 @@ def refit_consumer(
 ) -> tuple[Producer, LstsqResult]:
     """Refit an already sliced consumer so its outputs match the dense consumer's.
 
-    `consumer` is the sliced nn.Linear or nn.Conv2d (groups=1; any stride, dilation, padding
-    and padding mode). `pruned_inputs` is its input in the partly compressed network (N x f for
-    a Linear, already flattened after a flatten; N x C x H x W for a Conv2d) and
-    `dense_outputs` the dense consumer's output on the same calibration batch (N x k, or
-    N x C_out x H_out x W_out). A conv refit is a least-squares problem on im2col patches, one
-    row per (image, output position); rows are subsampled deterministically (seed `ROW_SEED`)
-    to at most `max_rows`. Returns a new module of the same type, dtype and device, with the
-    bias refitted when the consumer has one (no bias column otherwise), and the fit's report.
+    `consumer` is the sliced nn.Linear, HF-style Conv1D or nn.Conv2d (groups=1; any stride,
+    dilation, padding and padding mode). `pruned_inputs` is its input in the partly compressed
+    network (... x f for a Linear or Conv1D, already flattened after a flatten; N x C x H x W for
+    a Conv2d) and `dense_outputs` the dense consumer's output on the same calibration batch
+    (... x k with the same leading shape, or N x C_out x H_out x W_out). A Linear or Conv1D
+    applies to the last axis, so every leading index (batch, tokens, ...) is one row of the
+    fit: a transformer FFN is refitted on all its tokens. A conv refit is a least-squares
+    problem on im2col patches, one row per (image, output position). Rows are subsampled
+    deterministically (seed `ROW_SEED`) to at most `max_rows`. Returns a new module of the same
+    type, dtype and device, with the bias refitted when the consumer has one (no bias column
+    otherwise), and the fit's report.
     """
-    if not isinstance(consumer, (nn.Linear, nn.Conv2d)):
-        raise TypeError(f"consumer must be nn.Linear or nn.Conv2d, got {type(consumer).__name__}")
+    conv1d = not isinstance(consumer, (nn.Linear, nn.Conv2d)) and is_conv1d(consumer)
+    if not isinstance(consumer, (nn.Linear, nn.Conv2d)) and not conv1d:
+        raise TypeError(
+            "consumer must be nn.Linear, nn.Conv2d or HF-style Conv1D, got "
+            f"{type(consumer).__name__}"
+        )
     for name, t in (("pruned_inputs", pruned_inputs), ("dense_outputs", dense_outputs)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
-    if isinstance(consumer, nn.Conv2d):
-        x, y = _conv_rows(consumer, pruned_inputs.detach(), dense_outputs.detach(), max_rows)
+    layer: Any = consumer  # nn.Linear, nn.Conv2d or an HF Conv1D, checked above
+    if isinstance(layer, nn.Conv2d):
+        x, y = _conv_rows(layer, pruned_inputs.detach(), dense_outputs.detach(), max_rows)
     else:
-        x, y = _linear_rows(consumer, pruned_inputs.detach(), dense_outputs.detach(), max_rows)
-    has_bias = consumer.bias is not None
+        width, outs = layer.weight.shape if conv1d else (layer.in_features, layer.out_features)
+        x, y = _linear_rows(
+            int(width), int(outs), pruned_inputs.detach(), dense_outputs.detach(), max_rows
+        )
+    has_bias = layer.bias is not None
     fit = lstsq_weights(x, y, ridge=ridge, bias=has_bias)
-    new = copy.deepcopy(consumer)
-    w = consumer.weight
+    new = copy.deepcopy(layer)
+    w = layer.weight
+    fitted = fit.weight if conv1d else fit.weight.T  # Conv1D stores (inputs, outputs)
     with torch.no_grad():
-        new.weight.copy_(fit.weight.T.reshape(w.shape).to(dtype=w.dtype, device=w.device))
+        new.weight.copy_(fitted.reshape(w.shape).to(dtype=w.dtype, device=w.device))
         if has_bias and fit.bias is not None and new.bias is not None:
             new.bias.copy_(fit.bias.to(dtype=new.bias.dtype, device=new.bias.device))
     return new, fit
@@ -488,18 +527,20 @@ def _subsample(total: int, max_rows: int) -> torch.Tensor | None:
 
 
 def _linear_rows(
-    layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, max_rows: int
+    width: int, outs: int, x: torch.Tensor, y: torch.Tensor, max_rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.ndim != 2 or x.shape[1] != layer.in_features:
+    """Every leading index is a row: (batch, tokens, features) -> (batch * tokens, features)."""
+    if x.ndim < 2 or x.shape[-1] != width:
         raise ValueError(
-            f"pruned_inputs must be N x {layer.in_features} (the sliced consumer's inputs, "
-            f"flattened), got {tuple(x.shape)}"
+            f"pruned_inputs must be N x {width} or N x ... x {width} (the sliced consumer's "
+            f"inputs, flattened after a flatten), got {tuple(x.shape)}"
         )
-    if y.ndim != 2 or y.shape != (x.shape[0], layer.out_features):
+    if y.shape != (*x.shape[:-1], outs):
         raise ValueError(
-            f"dense_outputs must be {x.shape[0]} x {layer.out_features} (the dense consumer's "
-            f"outputs on the same batch), got {tuple(y.shape)}"
+            f"dense_outputs must be {(*x.shape[:-1], outs)} (the dense consumer's outputs on "
+            f"the same batch), got {tuple(y.shape)}"
         )
+    x, y = x.reshape(-1, width), y.reshape(-1, outs)
     pick = _subsample(x.shape[0], max_rows)
     if pick is not None:
         pick = pick.to(x.device)

@@ -7,6 +7,7 @@ cost), exactness at zero pruning, masking vs physical removal, and `compress` en
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -16,9 +17,11 @@ from torch import nn
 import coreprune
 from coreprune.compress import CostModel, PairCut, apply_plan, count_macs, count_params
 from coreprune.compress.cost import module_macs
+from coreprune.scoring import UnitGates, make_scorer
 from coreprune.surgery.activations import Activation
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
 from coreprune.surgery.registry import layer_kind
+from coreprune.surgery.rewire import consumer_from_reading, refit_consumer
 from coreprune.surgery.slicing import slice_consumer, slice_producer
 from coreprune.surgery.units import layer_units, next_weights
 
@@ -265,18 +268,21 @@ def _check_result(model: nn.Module, result: coreprune.CompressResult, x: torch.T
 
 LINEAR_VARIANTS = [v for v in VARIANTS if not v["conv1d"]]
 CONV1D_VARIANTS = [v for v in VARIANTS if v["conv1d"]]
-_CONV1D_IN_COMPRESS = pytest.mark.xfail(
+_CONV1D_IN_CHOOSE = pytest.mark.xfail(
     strict=True,
     raises=(IndexError, AssertionError, RuntimeError, ValueError),
-    reason="compress/choose.py and scoring/gates.py read a producer's units as weight.shape[0] "
-    "(Conv1D: weight.shape[1]); see the registry's out_units",
+    reason="compress/choose.py (restrict, choose) reads a producer's units as weight.shape[0] "
+    "(Conv1D: weight.shape[1]); the registry's out_units is the count",
 )
 
 
-@pytest.mark.parametrize("method", ["coreset", "magnitude"])
 @pytest.mark.parametrize(
-    "variant",
-    [*LINEAR_VARIANTS, *(pytest.param(v, marks=_CONV1D_IN_COMPRESS) for v in CONV1D_VARIANTS)],
+    ("variant", "method"),
+    [
+        *((v, "coreset") for v in LINEAR_VARIANTS),
+        *(pytest.param(v, "coreset", marks=_CONV1D_IN_CHOOSE) for v in CONV1D_VARIANTS),
+        *((v, "magnitude") for v in VARIANTS),
+    ],
     ids=str,
 )
 def test_compress_prunes_the_ffns(variant: dict, method: str) -> None:
@@ -288,6 +294,61 @@ def test_compress_prunes_the_ffns(variant: dict, method: str) -> None:
     _check_result(model, result, x)
     for name, param in model.named_parameters():  # the caller's model is untouched
         assert param.shape == dict(_model(**variant).named_parameters())[name].shape
+
+
+def _calibration(seed: int = 5) -> torch.Tensor:
+    """(batch, tokens, features): 40 x 5 = 200 token rows, more than the FFN's 24 units."""
+    torch.manual_seed(seed)
+    return torch.randn(40, TOKENS, D)
+
+
+def _error(model: nn.Module, other: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        dense = model(x)
+        return float((other(x) - dense).norm() / dense.norm())
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@pytest.mark.parametrize("compensate", ["lstsq", "merge"])
+def test_calibrated_magnitude_rewires_on_token_activations(variant: dict, compensate: str) -> None:
+    """Every (batch, token) position is a least-squares row, on Linear and Conv1D consumers
+    alike; the rewired model is closer to the dense one than the plain cut."""
+    model = _model(**variant)
+    calib, x = _calibration(), _x()
+    results = {
+        c: coreprune.compress(
+            model,
+            target=0.3,
+            method="magnitude",
+            compensate=c,
+            calibration=calib,
+            progress=False,
+        )
+        for c in ("none", compensate)
+    }
+    _check_result(model, results[compensate], x)
+    assert [r.units_after for r in results["none"].report.rows] == [
+        r.units_after for r in results[compensate].report.rows
+    ]
+    if compensate == "lstsq":
+        assert all("least squares on 200 rows" in r.rewiring for r in results["lstsq"].report.rows)
+        assert _error(model, results["lstsq"].model, calib) < _error(
+            model, results["none"].model, calib
+        )
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [*LINEAR_VARIANTS, *(pytest.param(v, marks=_CONV1D_IN_CHOOSE) for v in CONV1D_VARIANTS)],
+    ids=str,
+)
+def test_certified_choice_with_calibration_on_token_activations(variant: dict) -> None:
+    """The certified choice's query space and the refit both read tokens as rows."""
+    model = _model(**variant)
+    result = coreprune.compress(
+        model, target=0.3, choice="certified", rank=4, calibration=_calibration(), progress=False
+    )
+    _check_result(model, result, _x())
 
 
 @pytest.mark.parametrize("variant", LINEAR_VARIANTS, ids=str)
@@ -304,3 +365,80 @@ def test_compress_without_rewiring_is_the_masked_dense_model(variant: dict) -> N
         expected = _gated(model, pairs, cuts)(x)
         got = result.model(x)
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- rewiring pieces
+
+
+def _conv1d_copy(linear: nn.Linear) -> Conv1D:
+    conv = Conv1D(linear.out_features, linear.in_features)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.T)
+        conv.bias.copy_(linear.bias)
+    return conv
+
+
+def test_refit_reads_every_leading_index_as_a_row() -> None:
+    torch.manual_seed(0)
+    consumer = nn.Linear(HIDDEN, D)
+    h = torch.randn(30, TOKENS, HIDDEN)
+    y = torch.randn(30, TOKENS, D)
+    tokens, fit = refit_consumer(consumer, h, y)
+    flat, fit_flat = refit_consumer(consumer, h.reshape(-1, HIDDEN), y.reshape(-1, D))
+    assert fit.rows == fit_flat.rows == 30 * TOKENS
+    assert tokens.bias is not None and flat.bias is not None
+    assert torch.equal(tokens.weight, flat.weight) and torch.equal(tokens.bias, flat.bias)
+    with pytest.raises(ValueError, match="dense_outputs must be"):
+        refit_consumer(consumer, h, y[:, :-1])
+    with pytest.raises(ValueError, match="pruned_inputs must be"):
+        refit_consumer(consumer, h[..., :-1], y)
+
+
+def test_conv1d_refit_and_merge_match_the_equivalent_linear() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(HIDDEN, D)
+    conv = _conv1d_copy(linear)
+    h, y = torch.randn(30, TOKENS, HIDDEN), torch.randn(30, TOKENS, D)
+    refit_linear, _ = refit_consumer(linear, h, y)
+    refit_conv, _ = refit_consumer(conv, h, y)
+    assert isinstance(refit_conv, Conv1D) and refit_conv.weight.shape == (HIDDEN, D)
+    assert torch.allclose(refit_conv.weight, refit_linear.weight.T, atol=1e-6, rtol=0)
+    assert torch.allclose(refit_conv(h), refit_linear(h), atol=1e-5, rtol=0)
+    reading = torch.randn(D, 7, dtype=torch.float64)
+    from_linear = consumer_from_reading(linear, reading)
+    from_conv = consumer_from_reading(conv, reading)
+    assert isinstance(from_conv, Conv1D) and from_conv.weight.shape == (7, D)
+    g = torch.randn(4, TOKENS, 7)
+    assert torch.allclose(from_conv(g), from_linear(g), atol=1e-5, rtol=0)
+    assert conv.weight.shape == (HIDDEN, D)  # the input is untouched
+
+
+def _token_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((out - target) ** 2).mean()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "magnitude_l2", "snip_sum", "snip_gate"])
+def test_scorers_read_conv1d_units_through_the_unit_view(method: str) -> None:
+    """A Conv1D FFN scores exactly as the same FFN written with nn.Linear (SNIP's "sum" form
+    reads the weight's gradient through the unit view too)."""
+    model = _model()
+    twin = copy.deepcopy(model)
+    for block in twin.blocks:
+        fc1, fc2 = block.fc1, block.fc2
+        assert isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+        block.fc1, block.fc2 = _conv1d_copy(fc1), _conv1d_copy(fc2)
+    x = _x()
+    scores = []
+    for m in (model, twin):
+        pairs, _ = find_prunable_pairs(m)
+        if method.startswith("snip"):
+            data = (x, torch.zeros(BATCH, TOKENS, D))
+            scorer = make_scorer(
+                "snip", data=data, batch_size=BATCH, unit_form=method[5:], loss=_token_loss
+            )
+        else:
+            scorer = make_scorer(method)
+        scores.append(scorer.unit_scores(m, UnitGates(m, pairs), x))  # type: ignore[union-attr]
+    for a, b in zip(*scores, strict=True):
+        assert a.shape == (HIDDEN,)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-9)
