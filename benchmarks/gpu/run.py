@@ -325,10 +325,11 @@ def pick_epochs(
                           shuffle=True, augment=True)  # fmt: skip
     work = copy.deepcopy(model)
     kwargs = recipe(name, epochs=1).fit_kwargs()
-    fit(work, probe, **kwargs, device=args.device, progress=False, seed=args.seed)  # warm-up
+    loader: Any = probe  # fit takes any sized iterable of (inputs, labels) batches
+    fit(work, loader, **kwargs, device=args.device, progress=False, seed=args.seed)  # warm-up
     _sync(args.device)
     start = time.perf_counter()
-    fit(work, probe, **kwargs, device=args.device, progress=False, seed=args.seed)
+    fit(work, loader, **kwargs, device=args.device, progress=False, seed=args.seed)
     _sync(args.device)
     per_step = (time.perf_counter() - start) / len(probe)
     per_epoch = per_step * len(train) * 1.1  # + validation
@@ -464,10 +465,10 @@ def run_model(
         })  # fmt: skip
     widths: dict[str, dict[str, int]] = {}
     params: dict[str, int] = {}
-    for row in bench.read_rows(path):  # widths of finished rows (a rerun)
-        if row["model"] == name and row["status"] == "ok" and row["method"] != "dense":
-            widths.setdefault(row["budget"], bench._parse_widths(row["widths"]))
-            params.setdefault(row["budget"], int(row["params"]))
+    for old in bench.read_rows(path):  # widths of finished rows (a rerun)
+        if old["model"] == name and old["status"] == "ok" and old["method"] != "dense":
+            widths.setdefault(old["budget"], bench._parse_widths(old["widths"]))
+            params.setdefault(old["budget"], int(old["params"]))
     for spec in row_specs(args):
         for target in args.budgets:
             label = bench.budget_label(target)
@@ -591,9 +592,10 @@ def run_cuda_tests(args: argparse.Namespace, log: Callable[[str], None]) -> str:
                               timeout=args.test_timeout)  # fmt: skip
         text, code = done.stdout + done.stderr, str(done.returncode)
     except subprocess.TimeoutExpired as err:
-        text, code = f"{err.stdout or ''}\n(timed out after {args.test_timeout:g} s)", "timeout"
-    (args.out / "pytest_cuda.txt").write_text(text if isinstance(text, str) else str(text))
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+        partial = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        text, code = f"{partial}\n(timed out after {args.test_timeout:g} s)", "timeout"
+    (args.out / "pytest_cuda.txt").write_text(text)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
     failures = [line for line in lines if line.startswith(("FAILED", "ERROR"))]
     summary = f"pytest -m cuda (exit {code}): {lines[-1] if lines else 'no output'}"
     for line in [*failures[:20], summary]:

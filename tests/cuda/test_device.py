@@ -11,8 +11,9 @@ also be on the CPU, where the library keeps them, but nowhere else.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -126,7 +127,7 @@ def dense_linear_pair(device: torch.device) -> tuple[nn.Linear, nn.Linear]:
 # compress
 
 
-COMPRESS_VARIANTS = {
+COMPRESS_VARIANTS: dict[str, dict[str, Any]] = {
     "coreset_default": {},  # calibrated: the default choice and lstsq rewiring
     "coreset_lstsq": {"compensate": "lstsq"},
     "coreset_certified": {"choice": "certified", "compensate": "lstsq"},
@@ -139,14 +140,17 @@ COMPRESS_VARIANTS = {
 @pytest.mark.parametrize("variant", list(COMPRESS_VARIANTS))
 @pytest.mark.parametrize("build", [tiny_vgg, tiny_resnet], ids=["vgg", "resnet"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_compress_keeps_everything_on_the_device(device: str, build, variant: str) -> None:
+def test_compress_keeps_everything_on_the_device(
+    device: str, build: Callable[[torch.device], nn.Module], variant: str
+) -> None:
     if device == "cpu" and build is tiny_vgg and variant == "coreset_certified":
         pytest.skip("slow on a small CPU (MVEE bounds); the ResNet variant covers the CPU")
     dev = torch.device(device)
     model = build(dev)
     x = images(64, dev)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    kwargs = {"target": 0.5, "calibration": x, "example_input": x[:1], "progress": False}
+    kwargs: dict[str, Any] = {"target": 0.5, "calibration": x, "example_input": x[:1],
+                              "progress": False}  # fmt: skip
     result = compress(model, **(kwargs | COMPRESS_VARIANTS[variant]))
     assert_on(dev, result.model)
     out = result.model(x)
@@ -195,8 +199,9 @@ def test_coreset_prune_apply(device: str, compensate: str) -> None:
     layer, nxt = dense_linear_pair(dev)
     result = coreset_prune(layer, nxt, keep=12, mode="select")
     assert_on_or_cpu(dev, result.keep, result.scale, result.sensitivity)
-    kwargs = {"calibration": torch.randn(64, 12).to(dev)} if compensate == "lstsq" else {}
-    new_layer, new_next = result.apply(compensate=compensate, **kwargs)
+    calibration = torch.randn(64, 12).to(dev) if compensate == "lstsq" else None
+    new_layer, new_next = result.apply(compensate=compensate, calibration=calibration)
+    assert isinstance(new_layer, nn.Linear) and isinstance(new_next, nn.Linear)
     assert_on(dev, new_layer, new_next)
     assert new_layer.out_features == 12 and new_next.in_features == 12
     assert new_next(torch.relu(new_layer(torch.randn(8, 12, device=dev)))).device.type == dev.type
@@ -264,7 +269,7 @@ def test_capture_and_cost_model(device: str) -> None:
     assert a.device.type == dev.type and b.device.type == dev.type
     macs = count_macs(model, x[:1])
     cost = CostModel.build(model, pairs, "macs", x[:1])
-    dense = [model.get_submodule(p.producer).weight.shape[0] for p in pairs]
+    dense = [int(model.get_submodule(p.producer).weight.shape[0]) for p in pairs]  # type: ignore[index]
     assert cost.cost(dense) == macs  # the dense widths cost what count_macs measures
     assert CostModel.build(model, pairs, "params").cost(dense) == count_params(model)
     assert_on(dev, model)
@@ -280,7 +285,7 @@ def test_save_load_of_device_tensors(device: str, tmp_path: Path) -> None:
     model = tiny_resnet(dev)
     x = images(32, dev)
     pruned = compress(model, target=0.5, calibration=x, progress=False).model
-    pruned.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # as after fit on CUDA
+    pruned.to(memory_format=torch.channels_last)  # as after fit on CUDA
     save_model(pruned, tmp_path / "m", arch="resnet20",
                arch_kwargs={"in_channels": 1, "num_classes": 10, "width_multiplier": 0.125})  # fmt: skip
     loaded = load_model(tmp_path / "m")
