@@ -1,4 +1,5 @@
-"""The `coreprune` command line: oneshot, train, compress, compare, report.
+"""The `coreprune` command line: oneshot, train, compress (with held-out certificates), compare,
+report.
 
 Every command writes to a run folder (--out): the config it ran with (config.json), its
 metrics (metrics.json), tables (CSV, markdown) and plots, plus models saved without pickle.
@@ -9,6 +10,7 @@ folder is only created once the inputs are valid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -24,6 +26,10 @@ import torch
 from torch import nn
 
 import coreprune
+from coreprune.certify import CertifiedCompression, certify
+from coreprune.certify.bounds import min_holdout_size
+from coreprune.certify.heldout import INFORMATIVE
+from coreprune.certify.search import DEFAULT_TARGETS, certified_compress
 from coreprune.compress import CompressResult, compress
 from coreprune.harness.comparison import (
     METHODS,
@@ -125,6 +131,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _guarantee(text: str) -> dict[str, float]:
+    metric, sep, level = text.partition("=")
+    if not sep or not metric:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC=LEVEL such as agreement=0.97, got {text!r}"
+        )
+    return {metric.strip(): _number(level)}
+
+
 _COUNT = _int_at_least(0)
 _POSITIVE_INT = _int_at_least(1)
 
@@ -203,9 +218,36 @@ def _parser() -> argparse.ArgumentParser:
         help="with --model-factory: a state dict to load first (.pt, read with weights_only=True, "
         "or .safetensors); keys and shapes must match the model",
     )
+    comp.add_argument(
+        "--factory-trained",
+        action="store_true",
+        help="with --model-factory and no --weights: FUNCTION() returns a trained model (it "
+        "loads its own weights); without this flag or --weights the run is refused, so that a "
+        "freshly initialised model is never pruned by mistake",
+    )
     budget = comp.add_mutually_exclusive_group(required=True)
     budget.add_argument("--target", type=_fraction, help="fraction of params (or MACs) to remove")
     budget.add_argument("--eps", type=_positive, help="per-layer certificate target (coreset only)")
+    budget.add_argument(
+        "--guarantee",
+        type=_guarantee,
+        metavar="METRIC=LEVEL",
+        help="certified compression: the most compressed of --budgets whose guarantee the test "
+        "split certifies at --confidence, e.g. agreement=0.97, accuracy=0.85 or "
+        "accuracy_drop=0.01 (coreprune.certify.certified_compress; fixed-sequence testing); "
+        "the certified model is saved as it is, with no batch-norm re-estimation or fine-tuning",
+    )
+    comp.add_argument("--budgets", nargs="+", type=_fraction, default=list(DEFAULT_TARGETS),
+                      help="with --guarantee: the targets tested, mildest first")  # fmt: skip
+    comp.add_argument(
+        "--certify",
+        action="store_true",
+        help="held-out certificate of the final model against the dense one on the test split "
+        "(coreprune.certify: Clopper-Pearson bounds on agreement, accuracy and accuracy drop); "
+        "the test split is used for nothing else",
+    )
+    comp.add_argument("--confidence", type=_fraction, default=0.95,
+                      help="confidence of --certify and --guarantee")  # fmt: skip
     comp.add_argument("--method", default="coreset", choices=[m for m in METHODS if m != "dpf"],
                       help="pruning method")  # fmt: skip
     comp.add_argument("--mode", default="select", choices=("select", "sample"),
@@ -391,8 +433,23 @@ class _Source:
 def _prepare_compress(a: argparse.Namespace) -> Callable[[], int]:
     if a.weights is not None and a.model_factory is None:
         raise ValueError("--weights goes with --model-factory (a --model-dir holds its weights)")
+    if a.factory_trained and (a.model_factory is None or a.weights is not None):
+        raise ValueError("--factory-trained goes with --model-factory and no --weights")
+    if a.guarantee is None and a.budgets != list(DEFAULT_TARGETS):
+        raise ValueError("--budgets goes with --guarantee (--target sets one budget)")
+    if a.guarantee is not None and a.finetune_epochs > 0:
+        raise ValueError("--guarantee certifies the model as compressed; fine-tuning would "
+                         "change it and void the guarantee: drop --finetune-epochs")  # fmt: skip
+    if a.guarantee is not None and a.certify:
+        raise ValueError("--guarantee already certifies the saved model: drop --certify")
     _check_run_folder(Path(a.out), a, resume=False)
     source = _factory_model(a.model_factory, a.weights) if a.model_factory else _saved_model(a)
+    if a.model_factory and a.weights is None and not a.factory_trained:
+        raise ValueError(
+            f"--model-factory {a.model_factory} without --weights would prune the model exactly "
+            "as the factory builds it, usually untrained; pass --weights FILE, or "
+            "--factory-trained if the factory loads its own trained weights"
+        )
     size = a.image_size
     if size is None and a.model_dir is not None:
         arch = source.arch
@@ -412,23 +469,45 @@ def _prepare_compress(a: argparse.Namespace) -> Callable[[], int]:
     if a.eps is not None:
         kwargs.update(eps=a.eps)
         kwargs.pop("metric"), kwargs.pop("allocation")
-    else:
+    elif a.guarantee is None:
         kwargs.update(target=a.target)
+    if a.certify or a.guarantee is not None:
+        _check_holdout_size(loaders, a.confidence)
     method = make_pruner(CompareConfig(out="unused"), a.method, loaders.train, a.seed)
     print(f"compressing with {a.method} ({device})")
-    result = compress(model, method=method, generator=torch.Generator().manual_seed(a.seed),
-                      **kwargs)  # fmt: skip
+    generator = torch.Generator().manual_seed(a.seed)
+    certified = None
+    if a.guarantee is not None:  # the test split is the holdout, used for nothing else
+        certified = certified_compress(
+            model, guarantee=a.guarantee, holdout=loaders.test, confidence=a.confidence,
+            targets=a.budgets, method=method, generator=generator, **kwargs,
+        )  # fmt: skip
+        result = certified.result
+    else:
+        result = compress(model, method=method, generator=generator, **kwargs)
 
     def work() -> int:
-        _compress_rest(a, source, model, result, loaders, device)
+        _compress_rest(a, source, model, result, loaders, device, certified)
         return 0
 
     return work
 
 
+def _check_holdout_size(loaders: Loaders, confidence: float) -> None:
+    """A held-out certificate needs enough test images to say anything: refuse fewer."""
+    need = min_holdout_size(1 - confidence, INFORMATIVE)
+    have = len(loaders.test.dataset)  # type: ignore[arg-type]
+    if have < need:
+        raise ValueError(
+            f"--certify/--guarantee: the test split has {have} images; at --confidence "
+            f"{confidence:g} a held-out bound needs at least {need} (raise --limit or lower "
+            "--confidence)"
+        )
+
+
 def _compress_rest(
     a: argparse.Namespace, source: _Source, dense: nn.Module, result: CompressResult,
-    loaders: Loaders, device: torch.device,
+    loaders: Loaders, device: torch.device, certified: CertifiedCompression | None = None,
 ) -> None:  # fmt: skip
     """Everything after the (validated) compression: accuracies, BN repair, fine-tuning, files."""
     out = _run_dir(Path(a.out), a, device)
@@ -440,7 +519,11 @@ def _compress_rest(
         "macs_per_image_before": report.macs_before, "macs_per_image_after": report.macs_after,
     }  # fmt: skip
     pruned = result.model
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pruned.modules()):
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in pruned.modules())
+    if has_bn and certified is not None:
+        print("batch-norm statistics left as compressed: re-estimating them would change the "
+              "certified model and void its guarantee")  # fmt: skip
+    elif has_bn:
         print("re-estimating batch-norm statistics on training batches")
         pruned = recalibrated_copy(pruned, loaders.train, device)
         metrics["recalibrated_accuracy"] = evaluate(pruned, loaders.test, device=device)["accuracy"]
@@ -449,15 +532,39 @@ def _compress_rest(
         fit(pruned, loaders.train, epochs=a.finetune_epochs, lr=a.finetune_lr, device=device,
             seed=a.seed)  # fmt: skip
         metrics["finetuned_accuracy"] = evaluate(pruned, loaders.test, device=device)["accuracy"]
-    (out / "report.md").write_text(report.to_markdown() + "\n")
+    certificate_text = None
+    if certified is not None:
+        certificate_text = str(certified)
+        metrics["certified_compression"] = {
+            "guarantee": dataclasses.asdict(certified.guarantee),
+            "confidence": certified.confidence, "n": certified.n, "target": certified.target,
+            "tests": [dataclasses.asdict(test) for test in certified.tests],
+            "untested": list(certified.untested), "assumption": certified.assumption,
+        }  # fmt: skip
+    elif a.certify:
+        cert = certify(dense, pruned, loaders.test, confidence=a.confidence, device=device)
+        certificate_text = str(cert)
+        metrics["certificate"] = dataclasses.asdict(cert)
+    report_text = report.to_markdown()
+    if certificate_text is not None:
+        report_text += "\n\n```\n" + certificate_text + "\n```"
+    (out / "report.md").write_text(report_text + "\n")
     save_model(pruned.cpu(), out / "model", arch=source.arch, arch_kwargs=source.arch_kwargs)
     if a.model_factory:
-        metrics["load_with"] = (
-            f"coreprune.serialization.load_model({str(out / 'model')!r}, factory={source.arch})"
-        )
+        metrics["load_with"] = load_with_code(str(out / "model"), source.arch)
     _write_json(out / "metrics.json", metrics)
-    print(report.to_markdown())
+    print(report_text)
     print(json.dumps(metrics, indent=2))
+
+
+def load_with_code(folder: str, factory: str) -> str:
+    """Python that loads a model `compress --model-factory MODULE:FUNCTION` saved in `folder`."""
+    module, _, function = factory.partition(":")
+    return (
+        f"from {module} import {function}; "
+        "from coreprune.serialization import load_model; "
+        f"model = load_model({folder!r}, factory={function})"
+    )
 
 
 def _saved_model(a: argparse.Namespace) -> _Source:
