@@ -24,6 +24,7 @@ from coreprune.coreset.sensitivity import Provenance, Sensitivities, compute_sen
 from coreprune.surgery.activations import Activation, resolve_activation
 from coreprune.surgery.rewire import (
     DEFAULT_RIDGE,
+    check_same_geometry,
     consumer_from_reading,
     expand_reading,
     merge_weights,
@@ -165,6 +166,7 @@ class PruneResult:
         when its bias changed (an absolute shift the relative certificate cannot cover)."""
         if self.next_layer is None:
             raise ValueError("rewired_eps needs a result computed with next_layer")
+        check_same_geometry(self.next_layer, new_next, names=("next_layer", "new_next"))
         old_bias, new_bias = self.next_layer.bias, new_next.bias
         if (old_bias is None) != (new_bias is None) or (
             old_bias is not None and new_bias is not None and not torch.equal(old_bias, new_bias)

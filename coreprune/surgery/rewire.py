@@ -596,8 +596,59 @@ def _conv_rows(
 # The certificate of a rewired consumer
 
 
+# What a consumer's computation is besides its weights: Theorem R1 compares two readings of one
+# and the same map from the units' outputs, so every one of these must agree.
+GEOMETRY = (
+    "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "output_padding",
+    "transposed", "out_channels", "out_features", "nf",
+)  # fmt: skip
+
+
+def check_same_geometry(
+    dense: nn.Module, rewired: nn.Module, *, names: tuple[str, str] = ("dense", "rewired")
+) -> None:
+    """Refuse a rewired consumer that computes differently from the dense one except in weights.
+
+    Theorem R1 bounds |z_j - z^_j| through U - U', which presumes both consumers apply their
+    weights the same way: the same class, kernel, stride, padding (and mode), dilation, groups
+    and layout. A consumer with the merged weights but, say, another padding reads other
+    inputs, and the bound says nothing about it. `names` are the arguments' names, for the
+    message. Raises TypeError (other class) or ValueError naming each attribute that differs.
+    """
+    first, second = names
+    for name, module in ((first, dense), (second, rewired)):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module, got {type(module).__name__}")
+    if type(dense) is not type(rewired):
+        raise TypeError(
+            f"{second} is a {type(rewired).__name__} but {first} is a {type(dense).__name__}; "
+            "the rewired certificate (Theorem R1) compares two weightings of one consumer"
+        )
+    differ = [
+        f"{attr} {getattr(rewired, attr, None)!r} vs {getattr(dense, attr)!r}"
+        for attr in GEOMETRY
+        if hasattr(dense, attr) and getattr(dense, attr) != getattr(rewired, attr, None)
+    ]
+    shapes = [getattr(m, "weight", None) for m in (dense, rewired)]
+    a, b = (tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in shapes)
+    if a is not None and b is not None and (len(a) != len(b) or a[2:] != b[2:]):
+        differ.append(f"weight layout {b} vs {a}")
+    if differ:
+        raise ValueError(
+            f"{second} differs from {first} in its geometry, not only its weights: "
+            + "; ".join(differ)
+            + f" ({second} vs {first}). Theorem R1 assumes the same stride, padding, dilation, "
+            "groups, kernel and layout; rewire by changing the weights only"
+        )
+
+
 def rewired_eps(
-    reading: torch.Tensor, new_reading_full: torch.Tensor, per_next_sensitivity: torch.Tensor
+    reading: torch.Tensor,
+    new_reading_full: torch.Tensor,
+    per_next_sensitivity: torch.Tensor,
+    *,
+    dense: nn.Module | None = None,
+    rewired: nn.Module | None = None,
 ) -> float:
     """max_j sum_l |U_jl - U'_jl| / |U_jl| * s_jl (Theorem R1): the relative error certified.
 
@@ -605,8 +656,16 @@ def rewired_eps(
     `MergeResult.full_reading` or `expand_reading(next_weights(refit, |keep|), keep, n)`);
     `per_next_sensitivity` is `Sensitivities.per_next` (k x n). Returns inf when U' reads a
     unit that U does not (U_jl = 0 != U'_jl): the envelope says nothing about such a unit.
-    A change of the consumer's bias is not covered; see `bias_change`.
+    A change of the consumer's bias is not covered; see `bias_change`. Give the consumers
+    themselves as `dense` and `rewired` (both or neither) to have their geometry checked first
+    (`check_same_geometry`): R1 holds only when they differ in weights alone.
     """
+    if (dense is None) != (rewired is None):
+        raise ValueError(
+            "give both dense= and rewired= (the consumers, for the geometry check) or neither"
+        )
+    if dense is not None and rewired is not None:
+        check_same_geometry(dense, rewired)
     for name, t in (
         ("reading", reading),
         ("new_reading_full", new_reading_full),
