@@ -1,10 +1,12 @@
 """Baselines on the same budgets and surgery as the coreset: magnitude, SNIP, SynFlow, random,
-GraSP and the gradient-flow measures of Lubana & Dick.
+GraSP, the gradient-flow measures of Lubana & Dick, and the activation-aware transformer scores
+Wanda (structured) and FLAP.
 
 Each is a `Pruner` with weight scores (for masks, `prune_weights`) and unit scores (for
 `coreprune.compress(method=...)`, physical removal). Definitions: docs/baselines.md.
 """
 
+from .activation import FLAP, Wanda, compensate_bias
 from .base import Pruner, UnitScorer, WeightScorer
 from .bn_scale import BNScale
 from .data import labelled_batch
@@ -27,6 +29,7 @@ from .synflow import SynFlow
 
 __all__ = [
     "BASELINES",
+    "FLAP",
     "GRADFLOW_MEASURES",
     "SCORERS",
     "SNIP",
@@ -44,8 +47,10 @@ __all__ = [
     "SynFlow",
     "UnitGates",
     "UnitScorer",
+    "Wanda",
     "WeightScorer",
     "class_balanced_batch",
+    "compensate_bias",
     "hessian_gradient",
     "labelled_batch",
     "make_scorer",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coreprune.scoring.activation import FLAP, Wanda
 from coreprune.scoring.base import Pruner, UnitScorer, WeightScorer
 from coreprune.scoring.bn_scale import BNScale
 from coreprune.scoring.gradflow import (
@@ -29,6 +30,8 @@ SCORERS: dict[str, type[UnitScorer] | type[WeightScorer]] = {
     for cls in (
         Magnitude, SNIP, SynFlow, Random, GraSP, MagnitudeL2, LossPreservation,
         GradNormIncrease, GradNormPreservation, BNScale,
+        Wanda,  # activation-weighted magnitude (Sun et al. 2024), structured form
+        FLAP,  # fluctuation score (An et al. 2024); bias compensation: compensate_bias
     )
 }  # fmt: skip
 # The scorers with both a weight and a unit form (masks and physical removal alike).

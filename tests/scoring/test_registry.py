@@ -28,7 +28,8 @@ def _loader() -> DataLoader:
 def test_needs_data_is_the_scorers_own_attribute() -> None:
     data_driven = {name for name in SCORERS if needs_data(name)}
     assert data_driven == {
-        "snip", "grasp", "loss_preservation", "gradnorm_increase", "gradnorm_preservation"
+        "snip", "grasp", "loss_preservation", "gradnorm_increase", "gradnorm_preservation",
+        "wanda", "flap",
     }  # fmt: skip
     assert all(SCORERS[n].needs_data is (n in data_driven) for n in SCORERS)
 
