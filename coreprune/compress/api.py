@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from coreprune.checks import check_int
 from coreprune.compress import allocate
+from coreprune.compress.capture import DenseTargets
 from coreprune.compress.choose import (
     Choice,
     ones,
@@ -44,6 +45,7 @@ from coreprune.compress.cost import (
     removed_fraction,
 )
 from coreprune.compress.coupled import (
+    choose_group,
     coupled_refits,
     coupled_scores,
     cut_coupled,
@@ -91,6 +93,7 @@ def compress(
     sensitivity: str = "auto",
     compensate: str | None = None,
     choice: str | None = None,
+    worst_case: bool | None = None,
     floor: float = DEFAULT_FLOOR,
     ridge: float = DEFAULT_RIDGE,
     round_to: int = 1,
@@ -126,9 +129,16 @@ def compress(
         compensate: how each consumer is rewired after its producer loses units: "none",
             "merge" (data-free) or "lstsq" (refit on `calibration`). Default: "lstsq" with
             calibration, else "merge", for the coreset; "none" for baselines.
-        choice: the coreset's ranking with `target`: "empirical" (default with calibration:
-            the worst-row empirical sensitivity), "empirical_rms" (root-mean-square
-            contribution; faster on wide convs) or "certified" (the worst-case sensitivities).
+        choice: how the coreset picks units with `target`: "refit" (default with calibration:
+            greedy structured OBS on each consumer's least-squares problem, choosing for what
+            the refit loses; with compensate="lstsq" the report's `gap` bounds how far the
+            kept set is from the best possible one on the calibration rows), "empirical" (the
+            worst-row empirical sensitivity), "empirical_rms" (root-mean-square contribution)
+            or "certified" (the worst-case sensitivities; default without calibration).
+        worst_case: compute each pair's worst-case (Löwner / leverage) certificate for the
+            kept set. Default: yes, except with choice="refit", where it is vacuous at the
+            budgets users prune to and costs more than the choice (giving `rank` or
+            `sensitivity` asks for it too); True computes it anyway.
         floor: no pair keeps fewer than ceil(floor * units) units (at least 1).
         ridge: relative ridge of the least-squares rewiring.
         round_to: kept counts are multiples of this (8 or 16 for real speed), capped at a
@@ -176,6 +186,7 @@ def compress(
         "generator": generator, "sensitivity": sensitivity, "compensate": compensate,
         "choice": choice, "floor": floor, "ridge": ridge, "round_to": round_to,
         "ignored_layers": ignored_layers, "groups": groups, "progress": progress,
+        "worst_case": worst_case,
     }  # fmt: skip
     if guarantee is not None or holdout is not None:
         if guarantee is None or holdout is None:
@@ -220,7 +231,7 @@ def _iterative(
         model, None, target, options["method"], options["mode"], options["allocation"],
         options["metric"], options["example_input"], options["calibration"], options["rank"],
         options["delta"], options["generator"], options["sensitivity"], options["compensate"],
-        options["choice"], options["floor"], options["ridge"],
+        options["choice"], options["floor"], options["ridge"], options["worst_case"],
     )  # fmt: skip
     args = None if options["example_input"] is None else as_args(options["example_input"])
     measure = (
@@ -272,11 +283,12 @@ def _compress_once(
     ignored_layers: Sequence[str],
     groups: bool,
     progress: bool,
+    worst_case: bool | None,
 ) -> CompressResult:
     start = time.perf_counter()
     opts = check_options(
         model, eps, target, method, mode, allocation, metric, example_input, calibration, rank,
-        delta, generator, sensitivity, compensate, choice, floor, ridge,
+        delta, generator, sensitivity, compensate, choice, floor, ridge, worst_case,
     )  # fmt: skip
     if not isinstance(groups, bool):
         raise TypeError(f"groups must be True or False, got {type(groups).__name__}")
@@ -299,7 +311,12 @@ def _compress_once(
             )
     steps_of = [math.lcm(round_to, g.blocks) for g in items]  # grouped convs: whole blocks
     floors = allocate.floors_for(units, opts.floor, steps_of)
-    chooser = make_chooser(opts)
+    out_keep: dict[str, torch.Tensor] = {}  # outputs of consumers cut as coupled-group members
+    target_of = None
+    if opts.calibration is not None:
+        consumers = [c.name for g in items for c in g.consumers]
+        target_of = DenseTargets(dense, opts.calibration, consumers, out_keep)
+    chooser = make_chooser(opts, target_of)
     scores = coupled_scores(opts, work, items, progress)
     refine = groups and pairs is None  # with groups: kept counts land just above the target
     keeps, unit_sets, budget = plan_counts(
@@ -307,16 +324,16 @@ def _compress_once(
     )
     rows: list[LayerRow] = []
     coupled = [i for i, g in enumerate(items) if g.pair is None]
-    out_keep: dict[str, torch.Tensor] = {}
     cut_list: list[tuple[int, torch.Tensor]] = []
+    group_how: dict[int, str] = {}
     for index in coupled:
         assert keeps is not None  # coupled groups are pruned with target= only
         if unit_sets is not None:
             keep = unit_sets[index]
         else:
-            ranked = scores[index].per_unit
-            mask = allocate.keep_top_blocks(ranked, keeps[index], items[index].blocks)
-            keep = torch.nonzero(mask).flatten()
+            keep, group_how[index] = choose_group(
+                opts, work, items[index], keeps[index], scores.get(index), target_of
+            )
         cut_list.append((index, keep))
         if keep.numel() < items[index].width:
             for name in (*items[index].producers, *items[index].gates):
@@ -330,7 +347,8 @@ def _compress_once(
         current = items[index] if kind == "pair" else None
         try:
             if kind == "refit":
-                refit_one(opts, work, dense, refits[index], out_keep)
+                assert target_of is not None
+                refit_one(opts, work, refits[index], target_of)
                 continue
             assert current is not None and current.pair is not None
             pair = current.pair
@@ -341,13 +359,13 @@ def _compress_once(
             else:
                 assert chooser is not None
                 picked = chooser.choose(work, pair, count)
-            group_rows[index] = cut_and_rewire(opts, work, dense, pair, picked, out_keep)
+            group_rows[index] = cut_and_rewire(opts, work, pair, picked, target_of)
         except (TypeError, ValueError) as err:
             err_kind = TypeError if isinstance(err, TypeError) else ValueError
             where = refits[index] if kind == "refit" else group_label(items[index])
             raise err_kind(f"{where!r}: {err}") from err
     for index, keep in cut_list:
-        group_rows[index] = group_row(opts, items[index], keep, scores.get(index))
+        group_rows[index] = group_row(opts, items[index], keep, group_how.get(index))
     rows = [group_rows[i] for i in sorted(group_rows)]
     restore_flags(work, flags)
     final_macs = module_macs(work, args) if args is not None else None

@@ -16,12 +16,15 @@ from coreprune.torch_utils import eval_mode
 
 __all__ = [
     "MAX_CALIBRATION_ROWS",
+    "DenseTargets",
     "capture_input",
     "capture_output",
+    "dense_target",
     "input_rows",
     "subsample_rows",
 ]
 
+MAX_TARGET_BYTES = 1 << 31  # dense consumer outputs kept from the one dense pass (2 GiB)
 MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for a calibration query space
 _ROW_SEED = 0  # row subsampling uses its own generator, so it never shifts the caller's stream
 
@@ -82,3 +85,78 @@ def input_rows(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tenso
     x = capture_input(model, name, inputs)
     rows = conv_patches(x, layer) if isinstance(layer, nn.Conv2d) else x.reshape(-1, x.shape[-1])
     return subsample_rows(rows)
+
+
+def dense_target(
+    dense: nn.Module,
+    work: nn.Module,
+    name: str,
+    calibration: torch.Tensor,
+    out_keep: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The dense model's output of consumer `name` on `calibration`: the least-squares target.
+
+    `out_keep` names consumers whose own outputs were cut (a coupled group's member): their
+    target is restricted to the kept outputs."""
+    target = capture_output(dense, name, calibration)
+    keep = out_keep.get(name)
+    if keep is None:
+        return target
+    dim = 1 if isinstance(work.get_submodule(name), nn.Conv2d) else target.ndim - 1
+    return target.index_select(dim, keep.to(target.device))
+
+
+class DenseTargets:
+    """The dense model's output of each consumer on the calibration batch: the least-squares
+    targets of every refit, recorded in one forward pass of the dense model instead of one
+    pass per consumer (up to `max_bytes` of outputs; later ones are recomputed when asked).
+
+    `out_keep` is read at call time: a consumer whose own outputs were cut (a coupled group's
+    member) gets only its kept outputs, as `dense_target`."""
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        calibration: torch.Tensor,
+        names: list[str],
+        out_keep: dict[str, torch.Tensor],
+        *,
+        max_bytes: int = MAX_TARGET_BYTES,
+    ) -> None:
+        self.dense, self.calibration, self.names = dense, calibration, list(dict.fromkeys(names))
+        self.out_keep, self.max_bytes = out_keep, max_bytes
+        self.recorded: dict[str, torch.Tensor] | None = None
+
+    def _record(self) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        used = [0]
+
+        def hook(name: str) -> Any:
+            def keep(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+                size = out.numel() * out.element_size()
+                if name not in seen and used[0] + size <= self.max_bytes:
+                    seen[name] = out.detach()
+                    used[0] += size
+
+            return keep
+
+        handles = [self.dense.get_submodule(n).register_forward_hook(hook(n)) for n in self.names]
+        try:
+            with eval_mode(self.dense, no_grad=True):
+                self.dense(self.calibration)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    def __call__(self, work: nn.Module, name: str) -> torch.Tensor:
+        if self.recorded is None:
+            self.recorded = self._record()
+        target = self.recorded.get(name)
+        if target is None:
+            target = capture_output(self.dense, name, self.calibration)
+        keep = self.out_keep.get(name)
+        if keep is None:
+            return target
+        dim = 1 if isinstance(work.get_submodule(name), nn.Conv2d) else target.ndim - 1
+        return target.index_select(dim, keep.to(target.device))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from coreprune.compress.capture import capture_input, input_rows
+from coreprune.compress.refit_choice import TargetOf, pair_selection
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.empirical import (
     empirical_sensitivities,
@@ -23,6 +24,7 @@ from coreprune.coreset.empirical import (
 )
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
+from coreprune.coreset.refit import Selection
 from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.groups import ChannelGroup, is_grouped
@@ -32,20 +34,22 @@ from coreprune.surgery.units import layer_units, next_weights
 
 __all__ = ["CHOICES", "Choice", "CoresetChooser", "GroupScores", "group_scores"]
 
-CHOICES = ("certified", "empirical", "empirical_rms")
+CHOICES = ("refit", "certified", "empirical", "empirical_rms")
 DEFAULT_RANK = 8
 
 
 @dataclass(frozen=True)
 class Choice:
     """Kept units (indices into the producer's current units), their scales, the certificate
-    and the worst-case sensitivities over all n units (k x n, 0 for all-zero units)."""
+    and the worst-case sensitivities over all n units (k x n, 0 for all-zero units); with the
+    refit choice, the `selection` (the consumer's refitted weights and the optimality gap)."""
 
     keep: torch.Tensor
     scale: torch.Tensor
     certificate: Certificate | None
     per_next: torch.Tensor | None
     note: str
+    selection: Selection | None = None
 
 
 def ones(n: int) -> torch.Tensor:
@@ -117,10 +121,14 @@ class CoresetChooser:
         calibration: torch.Tensor | None,
         rank: int,
         choice: str,
+        worst_case: bool = True,
+        target_of: TargetOf | None = None,
+        ridge: float = 1e-4,
     ) -> None:
         self.mode, self.eps, self.delta = mode, eps, delta
         self.sensitivity, self.generator = sensitivity, generator
         self.calibration, self.rank, self.choice = calibration, rank, choice
+        self.worst_case, self.target_of, self.ridge = worst_case, target_of, ridge
         self.cache: dict[str, tuple[tuple[Any, ...], Sensitivities]] = {}
 
     def query(self, model: nn.Module, pair: PrunablePair) -> QuerySpace | None:
@@ -195,6 +203,8 @@ class CoresetChooser:
         if count is not None and count > nonzero.numel():
             notes.append(f"budget allowed {count} units, only {nonzero.numel()} are non-zero")
             count = nonzero.numel()
+        if self.choice == "refit" and count is not None and self.calibration is not None:
+            return self._refit(model, pair, count, nonzero, notes)
         sens, nonzero, query = self.sensitivities(model, pair)
         sub_producer, sub_norm, sub_consumer = restrict(producer, norm, consumer, nonzero)
         if self.choice != "certified" and count is not None and self.calibration is not None:
@@ -231,6 +241,40 @@ class CoresetChooser:
         keep = nonzero[keep_sub]
         return Choice(keep, scale, cert, per_next, "; ".join(notes))
 
+    def _refit(
+        self,
+        model: nn.Module,
+        pair: PrunablePair,
+        count: int,
+        nonzero: torch.Tensor,
+        notes: list[str],
+    ) -> Choice:
+        """Greedy structured OBS against the refit; the worst-case certificate of the kept set
+        only when asked (`worst_case`): it is vacuous at the budgets users prune to."""
+        assert self.calibration is not None and self.target_of is not None
+        full_producer = model.get_submodule(pair.producer)
+        kind = layer_kind(full_producer)
+        assert kind is not None
+        n = kind.out_units(full_producer)
+        alive = torch.zeros(n, dtype=torch.bool)
+        alive[nonzero] = True
+        sel = pair_selection(
+            model, pair, count, self.calibration, self.target_of, self.ridge, alive
+        )
+        notes.append("units chosen for the least-squares refit (greedy structured OBS)")
+        cert, per_next = None, None
+        if self.worst_case:
+            sens, nz, query = self.sensitivities(model, pair)
+            producer, norm, consumer = modules_of(model, pair)
+            sub = restrict(producer, norm, consumer, nz)
+            local = torch.searchsorted(nz, sel.keep)
+            cert = _select_certificate(sens, local, query, sub[0], sub[1])
+            per_next = torch.zeros(sens.per_next.shape[0], n, dtype=torch.float64)
+            per_next[:, nz] = sens.per_next.cpu()
+        else:
+            notes.append("worst-case certificate not computed (worst_case=True computes it)")
+        return Choice(sel.keep, ones(sel.keep.numel()), cert, per_next, "; ".join(notes), sel)
+
     def _empirical(
         self, model: nn.Module, pair: PrunablePair, nonzero: torch.Tensor, sens: Sensitivities,
         count: int, query: QuerySpace | None, producer: Any, consumer: Any, norm: Any,
@@ -242,7 +286,9 @@ class CoresetChooser:
         kind = layer_kind(full_producer)
         assert kind is not None
         n = kind.out_units(full_producer)
-        if acts.ndim == 2 and acts.shape[1] != n:  # flatten -> Linear: one row per position
+        if not isinstance(full_producer, nn.Conv2d) and acts.shape[-1] == n:
+            acts = acts.reshape(-1, n)  # (batch, tokens, ..., n): every leading index a row
+        elif acts.ndim == 2 and acts.shape[1] != n:  # flatten -> Linear: one row per position
             acts = acts.reshape(acts.shape[0], n, -1, 1)
         acts = acts.index_select(1, nonzero.to(acts.device))
         reading = next_weights(consumer, nonzero.numel(), device=acts.device)
@@ -250,21 +296,27 @@ class CoresetChooser:
         scores = score(acts, reading).cpu()
         order = torch.argsort(scores, descending=True, stable=True)
         keep_sub = torch.sort(order[:count]).values
-        removed = torch.ones(nonzero.numel(), dtype=torch.bool)
-        removed[keep_sub] = False
-        per_next = sens.per_next.cpu()
-        eps = float(per_next[:, removed].sum(dim=1).max()) if removed.any() else 0.0
-        space = (
-            query
-            if query is not None
-            else QuerySpace.full(layer_units(producer, norm).shape[1] - 1)
-        )
-        cert = Certificate(
-            query=space.describe(), mode="select", sensitivity="+".join(sens.bounds),
-            units=nonzero.numel(), kept=int(keep_sub.numel()), eps=eps, delta=0.0,
-            total_sensitivity=sens.total,
-        )  # fmt: skip
+        cert = _select_certificate(sens, keep_sub, query, producer, norm)
         return keep_sub, cert
+
+
+def _select_certificate(
+    sens: Sensitivities, keep: torch.Tensor, query: QuerySpace | None, producer: Any, norm: Any
+) -> Certificate:
+    """The select-mode certificate of keeping `keep` (indices into the sensitivities' units):
+    eps = max over next units j of the summed sensitivities of the removed units."""
+    n = sens.per_next.shape[1]
+    removed = torch.ones(n, dtype=torch.bool)
+    removed[keep.cpu()] = False
+    per_next = sens.per_next.cpu()
+    eps = float(per_next[:, removed].sum(dim=1).max()) if removed.any() else 0.0
+    space = (
+        query if query is not None else QuerySpace.full(layer_units(producer, norm).shape[1] - 1)
+    )
+    return Certificate(
+        query=space.describe(), mode="select", sensitivity="+".join(sens.bounds),
+        units=n, kept=int(keep.numel()), eps=eps, delta=0.0, total_sensitivity=sens.total,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

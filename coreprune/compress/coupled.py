@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from coreprune.compress import allocate
 from coreprune.compress.apply import GroupCut, cut_groups
 from coreprune.compress.capture import capture_input
 from coreprune.compress.choose import (
@@ -21,10 +22,10 @@ from coreprune.compress.options import Options
 from coreprune.compress.pairs import (
     certifiable,
     check_ignored,
-    dense_target,
     no_prunable_pair,
     resolve_pairs,
 )
+from coreprune.compress.refit_choice import TargetOf, group_selection
 from coreprune.compress.report import LayerRow
 from coreprune.surgery.graph import BlockedLayer, PrunablePair
 from coreprune.surgery.groups import (
@@ -87,10 +88,36 @@ def coupled_scores(
     """The coreset's channel scores of every coupled group, on the dense model."""
     if opts.pruner is not None or opts.target is None:
         return {}
+    if opts.choice == "refit" and opts.allocation == "uniform":
+        return {}  # chosen with their kept counts (`choose_group`); no scores needed
     coupled = [i for i, g in enumerate(items) if g.pair is None]
     bar = tqdm(coupled, desc="score (groups)", disable=not progress, unit="group")
-    rms = opts.choice == "empirical_rms"
+    rms = opts.choice in ("empirical_rms", "refit")
     return {i: group_scores(work, items[i], opts.calibration, mean_square=rms) for i in bar}
+
+
+def choose_group(
+    opts: Options,
+    work: nn.Module,
+    group: ChannelGroup,
+    count: int,
+    scores: GroupScores | None,
+    target_of: TargetOf | None,
+) -> tuple[torch.Tensor, str]:
+    """A coupled group's kept channels and how they were chosen, on the dense model.
+
+    The refit choice runs greedy structured OBS on the summed refit error of the group's
+    consumers (whole blocks are needed for grouped convs, so those fall back to the group's
+    root-mean-square scores, and say so); other choices keep the top-scored channels."""
+    if opts.choice == "refit" and opts.calibration is not None and group.blocks == 1:
+        assert target_of is not None
+        sel = group_selection(work, group, count, opts.calibration, target_of, opts.ridge)
+        if sel is not None:
+            return sel.keep, "the summed least-squares refit error of its consumers (greedy OBS)"
+    if scores is None:
+        scores = group_scores(work, group, opts.calibration, mean_square=True)
+    mask = allocate.keep_top_blocks(scores.per_unit, count, group.blocks)
+    return torch.nonzero(mask).flatten(), scores.how
 
 
 def cut_coupled(
@@ -120,27 +147,23 @@ def coupled_refits(
     return list(names)
 
 
-def refit_one(
-    opts: Options, work: nn.Module, dense: nn.Module, name: str, out_keep: dict[str, torch.Tensor]
-) -> None:
+def refit_one(opts: Options, work: nn.Module, name: str, target_of: TargetOf) -> None:
     """Least squares on the consumer's own dense output (its kept outputs), inputs as cut."""
     assert opts.calibration is not None
     inputs = capture_input(work, name, opts.calibration)
-    target = dense_target(dense, work, name, opts.calibration, out_keep)
+    target = target_of(work, name)
     refit, _ = refit_consumer(work.get_submodule(name), inputs, target, ridge=opts.ridge)
     replace_submodule(work, name, refit)
 
 
-def group_row(
-    opts: Options, group: ChannelGroup, keep: torch.Tensor, scores: GroupScores | None
-) -> LayerRow:
+def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str | None) -> LayerRow:
     removed = keep.numel() < group.width
     compensate = opts.compensate if opts.compensate == "lstsq" and removed else "none"
     notes = [COUPLED_NOTE.format(joins=group.describe)]
     if opts.compensate == "merge" and removed:
         notes.append("merge applies to single pairs only: the consumers are left sliced")
-    if scores is not None:
-        notes.append(f"channels ranked by {scores.how}")
+    if how is not None:
+        notes.append(f"channels chosen by {how}")
     elif opts.pruner is not None:
         notes.append(f"channels ranked by the sum of {opts.pruner.name} unit scores of producers")
     rewiring = "least squares per consumer on its dense output" if compensate == "lstsq" else ""

@@ -51,6 +51,7 @@ class Options:
     choice: str
     floor: float
     ridge: float
+    worst_case: bool = True
 
 
 def _resolve_baseline(method: object, generator: object) -> UnitScorer:
@@ -70,7 +71,7 @@ def check_options(
     model: object, eps: object, target: object, method: object, mode: object,
     allocation: object, metric: object, example_input: object, calibration: object,
     rank: object, delta: object, generator: object, sensitivity: object, compensate: object,
-    choice: object, floor: object, ridge: object,
+    choice: object, floor: object, ridge: object, worst_case: object = None,
 ) -> Options:  # fmt: skip
     """Every argument checked (TypeError for a type, ValueError for a value) before any work."""
     model = check_module(model, "model")
@@ -133,10 +134,19 @@ def check_options(
             "reweights its draw: use mode='select', or compensate='none'"
         )
     if choice is None:
-        choice = "empirical" if calib is not None and eps is None else "certified"
+        choice = "refit" if calib is not None and eps is None else "certified"
     choice = check_choice(choice, CHOICES, "choice")
-    if choice == "empirical" and calib is None:
-        raise ValueError("choice='empirical' ranks units on data: pass calibration=")
+    if choice in ("refit", "empirical", "empirical_rms") and calib is None:
+        raise ValueError(f"choice={choice!r} ranks units on data: pass calibration=")
+    if choice == "refit" and eps is not None:
+        raise ValueError(
+            "choice='refit' keeps a given number of units; with eps= the certificate sizes each "
+            "layer: pass target= instead, or choice='certified'"
+        )
+    if worst_case is None:  # rank= or sensitivity= given: the caller asks for a certificate
+        worst_case = choice != "refit" or rank is not None or sensitivity != "auto"
+    if not isinstance(worst_case, bool):
+        raise TypeError(f"worst_case must be True, False or None, got {type(worst_case).__name__}")
     floor_value = check_fraction(floor, "floor", low_open=False, high_open=True)
     ridge_value = check_float(ridge, "ridge", low=0.0, low_open=True)
     return Options(
@@ -144,6 +154,7 @@ def check_options(
         metric=metric, rank=DEFAULT_RANK if rank is None else rank, calibration=calib,
         delta=delta_value, generator=generator, sensitivity=sensitivity, pruner=pruner,
         compensate=compensate, choice=choice, floor=floor_value, ridge=ridge_value,
+        worst_case=worst_case,
     )  # fmt: skip
 
 

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from coreprune.compress.apply import PairCut, cut_pair
-from coreprune.compress.capture import capture_input, capture_output
+from coreprune.compress.capture import capture_input
 from coreprune.compress.choose import (
     Choice,
     CoresetChooser,
     modules_of,
 )
 from coreprune.compress.options import Options
+from coreprune.compress.refit_choice import TargetOf
 from coreprune.compress.report import LayerRow
 from coreprune.surgery.activations import resolve_activation
 from coreprune.surgery.graph import BlockedLayer, PrunablePair, find_prunable_pairs, validate_pairs
@@ -25,6 +26,7 @@ from coreprune.surgery.rewire import (
     merge_weights,
     refit_consumer,
     rewired_eps,
+    with_fitted_weights,
 )
 from coreprune.surgery.units import layer_units, next_weights
 from coreprune.torch_utils import replace_submodule
@@ -33,11 +35,12 @@ from coreprune.torch_utils import replace_submodule
 def cut_and_rewire(
     opts: Options,
     work: nn.Module,
-    dense: nn.Module,
     pair: PrunablePair,
     picked: Choice,
-    out_keep: dict[str, torch.Tensor] | None = None,
+    target_of: TargetOf | None,
 ) -> LayerRow:
+    """Cut `picked`'s units from the pair in `work` and rewire its consumer as `opts` asks;
+    `target_of` gives the dense consumer outputs a least-squares refit fits."""
     producer, norm, consumer = modules_of(work, pair)
     n = out_units(work, pair)
     order = torch.argsort(picked.keep.cpu())
@@ -62,10 +65,23 @@ def cut_and_rewire(
         if picked.per_next is not None:
             eps_rewired = rewired_eps(reading, merged.full_reading, picked.per_next)
     cut_pair(work, pair, cut)
-    if opts.compensate == "lstsq":
+    selection = picked.selection
+    if opts.compensate == "lstsq" and selection is not None:
+        # the refit choice already solved the kept set's least squares on the same rows
+        sliced = work.get_submodule(pair.consumer)
+        refit = with_fitted_weights(sliced, selection.weights[0], selection.biases[0])
+        replace_submodule(work, pair.consumer, refit)
+        rewiring = (
+            f"least squares on {selection.gap.rows} rows, relative residual "
+            f"{selection.gap.residual:.3g} (solved with the choice)"
+        )
+        if picked.per_next is not None:
+            eps_rewired = _rewired_certificate(consumer, refit, reading, keep, n, picked, notes)
+    elif opts.compensate == "lstsq":
         assert opts.calibration is not None
         inputs = capture_input(work, pair.consumer, opts.calibration)
-        target = dense_target(dense, work, pair.consumer, opts.calibration, out_keep or {})
+        assert target_of is not None
+        target = target_of(work, pair.consumer)
         refit, fit = refit_consumer(
             work.get_submodule(pair.consumer), inputs, target, ridge=opts.ridge
         )
@@ -74,17 +90,7 @@ def cut_and_rewire(
         if fit.note:
             rewiring += f" ({fit.note})"
         if picked.per_next is not None:
-            full = expand_reading(next_weights(refit, keep.numel()), keep, n)
-            weights_only = rewired_eps(reading, full, picked.per_next)
-            old_bias, new_bias = consumer.bias, refit.bias
-            changed = False
-            if old_bias is not None and new_bias is not None:
-                changed = not torch.equal(old_bias, new_bias)
-            eps_rewired = float("inf") if changed else weights_only
-            if changed:
-                notes.append(
-                    "the refitted consumer bias is not covered by the relative certificate"
-                )
+            eps_rewired = _rewired_certificate(consumer, refit, reading, keep, n, picked, notes)
     cert = picked.certificate
     return LayerRow(
         producer=pair.producer, consumer=pair.consumer, norm=pair.norm, units_before=n,
@@ -96,7 +102,25 @@ def cut_and_rewire(
         sensitivity=None if cert is None else cert.sensitivity, note="; ".join(notes),
         keep=keep, scale=scale, certificate=cert,
         compensate=opts.compensate, eps_rewired=eps_rewired, rewiring=rewiring,
+        gap=selection.gap if selection is not None and opts.compensate == "lstsq" else None,
     )  # fmt: skip
+
+
+def _rewired_certificate(
+    consumer: nn.Module, refit: nn.Module, reading: torch.Tensor, keep: torch.Tensor, n: int,
+    picked: Choice, notes: list[str],
+) -> float:  # fmt: skip
+    """Theorem R1's eps of a refitted consumer; inf when its bias changed (not covered)."""
+    assert picked.per_next is not None
+    full = expand_reading(next_weights(refit, keep.numel()), keep, n)  # type: ignore[arg-type]
+    weights_only = rewired_eps(reading, full, picked.per_next)
+    old_bias, new_bias = getattr(consumer, "bias", None), getattr(refit, "bias", None)
+    changed = False
+    if old_bias is not None and new_bias is not None:
+        changed = not torch.equal(old_bias, new_bias)
+    if changed:
+        notes.append("the refitted consumer bias is not covered by the relative certificate")
+    return float("inf") if changed else weights_only
 
 
 def untouched_row(
@@ -118,13 +142,15 @@ def untouched_row(
     )  # fmt: skip
 
 
-def make_chooser(opts: Options) -> CoresetChooser | None:
+def make_chooser(opts: Options, target_of: TargetOf | None = None) -> CoresetChooser | None:
+    """The coreset's chooser; `target_of` gives the dense consumer outputs the refit choice
+    fits (needed with choice="refit")."""
     if opts.pruner is not None:
         return None
     return CoresetChooser(
         mode=opts.mode, eps=opts.eps, delta=opts.delta, sensitivity=opts.sensitivity,
         generator=opts.generator, calibration=opts.calibration, rank=opts.rank,
-        choice=opts.choice,
+        choice=opts.choice, worst_case=opts.worst_case, target_of=target_of, ridge=opts.ridge,
     )  # fmt: skip
 
 
@@ -224,18 +250,3 @@ def with_costs(
         fields["macs_before"] = sum(macs_before.get(n, 0) for n in names)
         fields["macs_after"] = sum(macs_after.get(n, 0) for n in names)
     return replace(row, **fields)  # type: ignore[arg-type]
-
-
-def dense_target(
-    dense: nn.Module,
-    work: nn.Module,
-    name: str,
-    calibration: torch.Tensor,
-    out_keep: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    target = capture_output(dense, name, calibration)
-    keep = out_keep.get(name)
-    if keep is None:
-        return target
-    dim = 1 if isinstance(work.get_submodule(name), nn.Conv2d) else target.ndim - 1
-    return target.index_select(dim, keep.to(target.device))

@@ -11,6 +11,7 @@ from torch import nn
 
 from coreprune.compress.cost import removed_fraction
 from coreprune.coreset.certificate import Certificate
+from coreprune.coreset.refit import GapCertificate
 from coreprune.surgery.graph import BlockedLayer
 
 __all__ = ["CompressReport", "CompressResult", "CompressStep", "LayerRow", "combine_steps"]
@@ -26,6 +27,8 @@ class LayerRow:
     certificate covers the consumer as sliced (and scaled). `compensate` names how the consumer was
     rewired; `eps_rewired` is the certified relative error of the rewired consumer (inf when the
     rewiring is not covered, None without a certificate), and `rewiring` describes the fit.
+    `gap` (the refit choice with least squares) compares the kept set's refit error on the
+    calibration rows with a proven lower bound for any choice of as many units (Theorem G).
 
     A coupled channel group (a residual stream, a gated or depthwise block, a concatenation) is
     one row: `producer` / `consumer` join its producers / consumers with " + ", `modules` lists
@@ -55,6 +58,7 @@ class LayerRow:
     eps_rewired: float | None = None
     rewiring: str = ""
     modules: tuple[str, ...] = ()
+    gap: GapCertificate | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,9 @@ class CompressReport(Sequence[LayerRow]):
         rewired = any(r.compensate != "none" for r in self.rows)
         sampled = any(r.delta for r in self.rows)
         head = ["producer", "consumer", "units", "eps"]
+        gaps = any(r.gap is not None for r in self.rows)
         head += ["delta"] * sampled + ["rewiring", "rewired eps"] * rewired
+        head += ["refit residual (≥ bound, gap)"] * gaps
         head += ["query space", "params", "MACs", "notes"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         notes: dict[str, int] = {}
@@ -137,6 +143,8 @@ class CompressReport(Sequence[LayerRow]):
                 cells.append("—" if r.delta is None else f"{r.delta:g}")
             if rewired:
                 cells += [r.compensate, _eps(r.eps_rewired, None)]
+            if gaps:
+                cells.append(_gap(r.gap))
             macs = "—" if r.macs_before is None else f"{r.macs_before:,} → {r.macs_after:,}"
             cells += [
                 r.query or "—",
@@ -297,6 +305,14 @@ class CompressResult:
 
     def __str__(self) -> str:
         return self.report.to_markdown()
+
+
+def _gap(gap: GapCertificate | None) -> str:
+    """ "0.21 (≥ 0.15, 1.4×)": the refit's relative residual, the proven bound, their ratio."""
+    if gap is None:
+        return "—"
+    ratio = f"{gap.ratio:.3g}×" if gap.informative else "no bound"
+    return f"{gap.residual:.3g} (≥ {gap.lower:.3g}, {ratio})"
 
 
 def _eps(value: float | None, vacuous: bool | None) -> str:

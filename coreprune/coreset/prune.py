@@ -184,8 +184,8 @@ class PruneResult:
 
 def coreset_prune(
     layer: nn.Module,
+    *budget_and_next: float | nn.Module | None,
     next_layer: nn.Module | None = None,
-    *,
     eps: float | None = None,
     keep: int | None = None,
     mode: str = "select",
@@ -202,8 +202,10 @@ def coreset_prune(
 ) -> PruneResult:
     """Prune the units of `layer` (nn.Linear or nn.Conv2d) with a certified relative error.
 
-    Give `eps` (the certificate's target; keyword-only, so it is never mistaken for a pruning
-    amount) or `keep` (how many units remain; the certificate then reports the eps achieved).
+    Call it as `coreset_prune(layer, eps)`, `coreset_prune(layer, eps, next_layer)`,
+    `coreset_prune(layer, next_layer, keep=k)` or with keywords: a number in the second place is
+    `eps` (the certificate's target), a module is `next_layer`. Give `eps` or `keep` (how many
+    units remain; the certificate then reports the eps achieved).
     `mode="select"` (the default) removes the least sensitive units deterministically;
     `mode="sample"` is the paper's sensitivity sampling, which at real layer sizes often keeps
     every unit. Without `next_layer`, U is a single row of ones. `query`
@@ -215,11 +217,7 @@ def coreset_prune(
     `max_pooling=True` when a max pool sits between the layers: the certificate then states that
     eps covers the map before pooling only.
     """
-    if isinstance(next_layer, (int, float)) and not isinstance(next_layer, bool):
-        raise TypeError(
-            f"next_layer must be a module, got the number {next_layer!r}; eps and keep are "
-            f"keyword-only: coreset_prune(layer, next_layer, eps={next_layer!r}) or keep=..."
-        )
+    eps, next_layer = _positional(budget_and_next, eps, next_layer)
     check_generator(generator, "generator")
     layer = check_producer(layer)
     if mode not in MODES:
@@ -259,7 +257,8 @@ def coreset_prune(
     used = "+".join(sens.bounds)
     cert = Certificate(
         query=query.describe(), mode=mode, sensitivity=used, units=n, kept=int(kept.numel()),
-        caveats=_caveats(query, sens, next_layer is None, max_pooling), **fields,
+        caveats=_caveats(query, sens, next_layer is None, max_pooling)
+        + _nothing_removed(sens, eps, mode, int(kept.numel()), n), **fields,
     )  # fmt: skip
     return PruneResult(
         keep=kept,
@@ -332,6 +331,66 @@ def _caveats(
     if max_pooling:
         out.append("max pooling between the layers: eps covers the map before pooling")
     return tuple(out)
+
+
+def _nothing_removed(
+    sens: Sensitivities, eps: float | None, mode: str, kept: int, n: int
+) -> tuple[str, ...]:
+    """Why an eps request kept every unit: no unit's bound fits in eps (docs/theory.md §7)."""
+    if eps is None or mode != "select" or kept < n:
+        return ()
+    smallest = float(sens.per_next.sum(dim=0).min()) if sens.per_next.numel() else 0.0
+    lowest = float(sens.per_unit.min())
+    return (
+        f"nothing removed: the least sensitive unit's bound ({lowest:.3g}, summed over next "
+        f"units {smallest:.3g}) already exceeds eps={eps:g}; units linearly independent on the "
+        "query space all have sensitivity near 1 (docs/theory.md §7): raise eps, pass keep=, "
+        "or restrict the query space (query=QuerySpace.from_calibration(...))",
+    )
+
+
+def _positional(
+    args: tuple[object, ...], eps: float | None, next_layer: nn.Module | None
+) -> tuple[float | None, nn.Module | None]:
+    """(eps, next_layer) from the positional forms (layer, eps), (layer, eps, next_layer) and
+    (layer, next_layer), checked against the keywords so nothing is given twice."""
+    if len(args) > 2:
+        raise TypeError(
+            f"coreset_prune takes at most 3 positional arguments (layer, eps, next_layer), got "
+            f"{1 + len(args)}"
+        )
+    rest = list(args)
+    if rest and _is_number(rest[0]):
+        if eps is not None:
+            raise TypeError("eps given twice: as the second positional argument and as eps=")
+        eps = cast(float, rest.pop(0))
+    if rest:
+        value = rest.pop(0)
+        if _is_number(value):
+            raise TypeError(
+                f"next_layer must be a module, got the number {value!r}; the budget comes "
+                f"second: coreset_prune(layer, eps, next_layer), or keep=... for a unit count"
+            )
+        if rest and _is_number(rest[0]):
+            raise TypeError(
+                f"the budget comes second: coreset_prune(layer, {rest[0]!r}, next_layer), not "
+                "after next_layer"
+            )
+        if value is not None and not isinstance(value, nn.Module):
+            raise TypeError(
+                f"the argument after layer must be eps (a number) or next_layer (a module), "
+                f"got {type(value).__name__}"
+            )
+        if value is not None and next_layer is not None:
+            raise TypeError("next_layer given twice: positionally and as next_layer=")
+        next_layer = next_layer if value is None else value
+    if rest:
+        raise TypeError("after next_layer, pass the remaining options by keyword (keep=, mode=...)")
+    return eps, next_layer
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_request(eps: float | None, keep: int | None, delta: float, n: int) -> None:

@@ -519,6 +519,53 @@ def refit_consumer(
     return new, fit
 
 
+def refit_rows(
+    consumer: nn.Module,
+    inputs: torch.Tensor,
+    dense_outputs: torch.Tensor,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The least-squares rows of a consumer: features (R x f) and targets (R x k).
+
+    The same rows `refit_consumer` fits (im2col patches for a Conv2d, every leading index for a
+    Linear or Conv1D; subsampled by the same fixed seed), so a selector that reads them chooses
+    on exactly what the refit will see. The consumer may be unsliced (all units' columns).
+    """
+    conv1d = not isinstance(consumer, (nn.Linear, nn.Conv2d)) and is_conv1d(consumer)
+    if isinstance(consumer, nn.Conv2d):
+        return _conv_rows(consumer, inputs.detach(), dense_outputs.detach(), max_rows)
+    if not isinstance(consumer, nn.Linear) and not conv1d:
+        raise TypeError(
+            f"consumer must be nn.Linear, nn.Conv2d or HF-style Conv1D, got {type(consumer).__name__}"
+        )
+    weight = consumer.weight
+    assert isinstance(weight, torch.Tensor)
+    width, outs = (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
+    return _linear_rows(width, outs, inputs.detach(), dense_outputs.detach(), max_rows)
+
+
+def with_fitted_weights(
+    consumer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None
+) -> Producer:
+    """A copy of the (sliced) consumer carrying a fit's weight (f x k, the `refit_rows` column
+    order) and bias; the inverse of how `refit_rows` lays out the features."""
+    conv1d = not isinstance(consumer, (nn.Linear, nn.Conv2d)) and is_conv1d(consumer)
+    new = copy.deepcopy(consumer)
+    w = consumer.weight
+    assert isinstance(w, torch.Tensor)
+    fitted = weight if conv1d else weight.T  # Conv1D stores (inputs, outputs)
+    if fitted.numel() != w.numel():
+        raise ValueError(f"a fit of shape {tuple(weight.shape)} does not fit weight {tuple(w.shape)}")
+    new_weight, new_bias = new.weight, getattr(new, "bias", None)
+    assert isinstance(new_weight, torch.Tensor)
+    with torch.no_grad():
+        new_weight.copy_(fitted.reshape(w.shape).to(dtype=w.dtype, device=w.device))
+        if bias is not None and isinstance(new_bias, torch.Tensor):
+            new_bias.copy_(bias.to(dtype=new_bias.dtype, device=new_bias.device))
+    return new  # type: ignore[return-value]
+
+
 def _subsample(total: int, max_rows: int) -> torch.Tensor | None:
     if total <= max_rows:
         return None
@@ -574,6 +621,9 @@ def _conv_rows(
     f = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     pick = _subsample(n_img * positions, max_rows)
     targets = y.flatten(2).transpose(1, 2).reshape(-1, conv.out_channels)
+    if pick is not None:
+        feats = _picked_patches(pad_for(x, conv), conv, pick.to(x.device), (y.shape[2], y.shape[3]))
+        return feats, targets.index_select(0, pick.to(targets.device))
     per_chunk = max(1, _CHUNK_ELEMENTS // max(positions * f, 1))
     parts: list[torch.Tensor] = []
     for lo in range(0, n_img, per_chunk):
@@ -581,15 +631,39 @@ def _conv_rows(
         patches = F.unfold(
             pad_for(x[lo:hi], conv), conv.kernel_size, dilation=conv.dilation, stride=conv.stride
         )
-        rows = patches.transpose(1, 2).reshape(-1, f)
-        if pick is not None:
-            sel = pick[(pick >= lo * positions) & (pick < hi * positions)] - lo * positions
-            rows = rows.index_select(0, sel.to(rows.device))
-        parts.append(rows)
-    feats = torch.cat(parts)
-    if pick is not None:
-        targets = targets.index_select(0, pick.to(targets.device))
-    return feats, targets
+        parts.append(patches.transpose(1, 2).reshape(-1, f))
+    return torch.cat(parts), targets
+
+
+def _picked_patches(
+    padded: torch.Tensor, conv: nn.Conv2d, pick: torch.Tensor, out_size: tuple[int, int]
+) -> torch.Tensor:
+    """The im2col rows of the picked (image, output position) indices only, gathered directly
+    from the padded input: unfolding every position and keeping a subsample costs
+    (all positions / picked) times more. Columns run (channel, kernel row, kernel column), as
+    `F.unfold` lays them out."""
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    dev = padded.device
+    channels = torch.arange(padded.shape[1], device=dev)
+    ki, kj = torch.arange(kh, device=dev) * dh, torch.arange(kw, device=dev) * dw
+    f = padded.shape[1] * kh * kw
+    positions = out_size[0] * out_size[1]
+    parts: list[torch.Tensor] = []
+    step = max(1, _CHUNK_ELEMENTS // max(f, 1))
+    for lo in range(0, pick.numel(), step):
+        chunk = pick[lo : lo + step]
+        img, flat = chunk // positions, chunk % positions
+        oh, ow = flat // out_size[1], flat % out_size[1]
+        rows = (oh * sh)[:, None] + ki[None, :]
+        cols = (ow * sw)[:, None] + kj[None, :]
+        patch = padded[
+            img[:, None, None, None],
+            channels[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+        parts.append(patch.reshape(chunk.numel(), f))
+    return torch.cat(parts)
 
 
 # --------------------------------------------------------------------------------------------
