@@ -84,6 +84,15 @@ def test_rows_are_one_entry_per_method_or_choice() -> None:
     assert all(c == "lstsq" for tp, c in ranks[:first_none] if not tp)  # rewired rows first
 
 
+def test_row_order_runs_each_budget_for_every_rewired_method_first() -> None:
+    args = run.parse_args(["--methods", "coreset", "magnitude", "tp_l2", "--budgets", "0.5", "0.9"])
+    order = [(s.method, s.compensate, t) for s, t in run.row_order(args)]
+    assert order[:4] == [("coreset", "lstsq", 0.5), ("coreset", "lstsq", 0.5),
+                         ("magnitude", "lstsq", 0.5), ("tp_l2", "none", 0.5)]  # fmt: skip
+    assert order[4][2] == 0.9 and all(c == "none" for _, c, _ in order[8:])
+    assert len(order) == len(run.row_specs(args)) * 2
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--epochs", "nomodel=3"], ["--epochs", "zero"], ["--calibration", "0"],

@@ -18,7 +18,8 @@ and fine-tuning use `coreprune.harness.training.fit` (AMP and channels-last on C
 The benchmark has a wall-clock budget (`--seconds`, split evenly over the models, and cut so
 that the whole run ends within `--total-seconds`): a row is not started when the slowest row
 of its kind so far would overrun it, and is recorded as "skipped" (the table says so).
-Rewired rows run first, then Torch-Pruning's, then the rows without rewiring. A rerun into the
+The rewired rows and Torch-Pruning's run first, one budget after the other (a cut drops the
+highest budgets, not whole methods), then the rows without rewiring. A rerun into the
 same --out loads the saved dense models and runs only the rows not finished.
 
 `--smoke` is the same script on the CPU at toy sizes (tiny widths, a few hundred images,
@@ -421,6 +422,20 @@ def row_specs(args: argparse.Namespace) -> list[bench.Spec]:
     return sorted(out, key=rank)
 
 
+def row_order(args: argparse.Namespace) -> list[tuple[bench.Spec, float]]:
+    """(spec, budget) in the order they run: the rewired rows and Torch-Pruning's, one budget
+    after the other (so that what the time budget cuts is the highest budgets, not whole
+    methods, and each column stays a matched comparison), then the rows without rewiring."""
+    pairs = [(s, t) for s in row_specs(args) for t in args.budgets]
+
+    def key(pair: tuple[bench.Spec, float]) -> tuple[int, int]:
+        spec, target = pair
+        plain = spec.compensate == "none" and spec.method not in bench.TP_IMPORTANCES
+        return int(plain), args.budgets.index(target)
+
+    return sorted(pairs, key=key)
+
+
 def measure(
     pruned: nn.Module, data: bench.Data, args: argparse.Namespace, has_bn: bool
 ) -> tuple[float, float, list[float]]:
@@ -477,57 +492,56 @@ def run_model(
             widths.setdefault(old["budget"], bench._parse_widths(old["widths"]))
             params.setdefault(old["budget"], int(old["params"]))
     longest: dict[tuple[str, str, str], float] = {}  # the slowest row of each kind so far
-    for spec in row_specs(args):
-        for target in args.budgets:
-            label = bench.budget_label(target)
-            if spec.key(name, label) in done:
-                continue
-            row: dict[str, Any] = base | {
-                "budget": label, "target": target, "method": spec.method,
-                "compensate": spec.compensate, "choice": spec.choice, "seed": spec.seed,
-            }  # fmt: skip
-            kind = (spec.method, spec.compensate, spec.choice)
-            if time.perf_counter() + longest.get(kind, 0.0) > deadline:
-                _write(path, row | {"status": "skipped", "note": "time budget"})
-                continue
-            start = time.perf_counter()
-            try:
-                if spec.method in bench.TP_IMPORTANCES:
-                    if label not in widths:
-                        raise RuntimeError("no reference widths: no row of ours finished")
-                    pruned = bench.prune_tp(dense, widths[label], spec, args, data)
-                    got = bench.widths_of(pruned, list(widths[label]))
-                else:
-                    pruned, got = bench.prune_ours(dense, target, spec, args, data)
-                _sync(args.device)
-                seconds = time.perf_counter() - start
-                if widths.setdefault(label, got) != got:
-                    raise RuntimeError(f"widths {got} differ from the budget's {widths[label]}")
-                if params.setdefault(label, count_params(pruned)) != count_params(pruned):
-                    raise RuntimeError(f"{count_params(pruned)} params, not {params[label]}")
-                _on_device(pruned, args.device)
-                accs = measure(pruned, data, args, has_bn)
-            except Exception as err:  # a failed row is recorded and shown, not hidden
-                _write(path, row | {"status": "failed", "note": f"{type(err).__name__}: {err}"})
-                log(f"{name} {label} {_name(spec)}: FAILED {type(err).__name__}: {err}")
-                continue
-            kind_seconds = time.perf_counter() - start
-            longest[kind] = max(longest.get(kind, 0.0), kind_seconds)
-            tuned = accs[2]
-            macs = count_macs(pruned, example)
-            _write(path, row | {
-                "status": "ok", "params": count_params(pruned), "macs": macs,
-                "params_removed": 1 - count_params(pruned) / params0,
-                "macs_removed": 1 - macs / macs0, "widths": bench._width_text(got),
-                "acc_pruned": accs[0], "acc_bn": accs[1],
-                "acc_finetuned": statistics.mean(tuned) if tuned else math.nan,
-                "acc_finetuned_std": statistics.stdev(tuned) if len(tuned) > 1 else math.nan,
-                "acc_finetuned_all": " ".join(f"{a:.4f}" for a in tuned),
-                "prune_seconds": seconds,
-            })  # fmt: skip
-            log(f"{name} {label} {_name(spec)}: {accs[0]:.4f} / {accs[1]:.4f} -> "
-                f"{' '.join(f'{a:.4f}' for a in tuned)} ({seconds:.1f} s prune, "
-                f"{time.perf_counter() - start:.1f} s row)")  # fmt: skip
+    for spec, target in row_order(args):
+        label = bench.budget_label(target)
+        if spec.key(name, label) in done:
+            continue
+        row: dict[str, Any] = base | {
+            "budget": label, "target": target, "method": spec.method,
+            "compensate": spec.compensate, "choice": spec.choice, "seed": spec.seed,
+        }  # fmt: skip
+        kind = (spec.method, spec.compensate, spec.choice)
+        if time.perf_counter() + longest.get(kind, 0.0) > deadline:
+            _write(path, row | {"status": "skipped", "note": "time budget"})
+            continue
+        start = time.perf_counter()
+        try:
+            if spec.method in bench.TP_IMPORTANCES:
+                if label not in widths:
+                    raise RuntimeError("no reference widths: no row of ours finished")
+                pruned = bench.prune_tp(dense, widths[label], spec, args, data)
+                got = bench.widths_of(pruned, list(widths[label]))
+            else:
+                pruned, got = bench.prune_ours(dense, target, spec, args, data)
+            _sync(args.device)
+            seconds = time.perf_counter() - start
+            if widths.setdefault(label, got) != got:
+                raise RuntimeError(f"widths {got} differ from the budget's {widths[label]}")
+            if params.setdefault(label, count_params(pruned)) != count_params(pruned):
+                raise RuntimeError(f"{count_params(pruned)} params, not {params[label]}")
+            _on_device(pruned, args.device)
+            accs = measure(pruned, data, args, has_bn)
+        except Exception as err:  # a failed row is recorded and shown, not hidden
+            _write(path, row | {"status": "failed", "note": f"{type(err).__name__}: {err}"})
+            log(f"{name} {label} {_name(spec)}: FAILED {type(err).__name__}: {err}")
+            continue
+        kind_seconds = time.perf_counter() - start
+        longest[kind] = max(longest.get(kind, 0.0), kind_seconds)
+        tuned = accs[2]
+        macs = count_macs(pruned, example)
+        _write(path, row | {
+            "status": "ok", "params": count_params(pruned), "macs": macs,
+            "params_removed": 1 - count_params(pruned) / params0,
+            "macs_removed": 1 - macs / macs0, "widths": bench._width_text(got),
+            "acc_pruned": accs[0], "acc_bn": accs[1],
+            "acc_finetuned": statistics.mean(tuned) if tuned else math.nan,
+            "acc_finetuned_std": statistics.stdev(tuned) if len(tuned) > 1 else math.nan,
+            "acc_finetuned_all": " ".join(f"{a:.4f}" for a in tuned),
+            "prune_seconds": seconds,
+        })  # fmt: skip
+        log(f"{name} {label} {_name(spec)}: {accs[0]:.4f} / {accs[1]:.4f} -> "
+            f"{' '.join(f'{a:.4f}' for a in tuned)} ({seconds:.1f} s prune, "
+            f"{time.perf_counter() - start:.1f} s row)")  # fmt: skip
 
 
 def _name(spec: bench.Spec) -> str:
