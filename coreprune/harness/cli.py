@@ -572,8 +572,14 @@ def _saved_model(a: argparse.Namespace) -> _Source:
     if not (folder / ARCH_FILE).is_file():
         raise FileNotFoundError(f"--model-dir {folder}: no {ARCH_FILE}; pass a folder written by "
                                 "`coreprune train` (its model/ subfolder)")  # fmt: skip
-    spec = json.loads((folder / ARCH_FILE).read_text())
-    model = load_model(folder)
+    try:
+        spec = json.loads((folder / ARCH_FILE).read_text())
+        model = load_model(folder)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        # json.JSONDecodeError is a ValueError; load_model names what is wrong with the folder
+        raise ValueError(f"--model-dir {folder}: {err}") from err
+    if not isinstance(spec, dict) or "arch" not in spec:
+        raise ValueError(f"--model-dir {folder}: {ARCH_FILE} names no architecture (arch)")
     return _Source(model, spec["arch"], spec.get("arch_kwargs"))
 
 
@@ -591,7 +597,13 @@ def _factory_model(reference: str, weights: str | None) -> _Source:
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise ValueError(f"--model-factory: {module_name!r} has no function {function_name!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as err:  # the user's code: any failure is theirs to fix, shown in one line
+        raise ValueError(
+            f"--model-factory: {reference}() failed ({type(err).__name__}: {err}); it must "
+            "build the model with no arguments"
+        ) from err
     if not isinstance(model, nn.Module):
         raise TypeError(f"--model-factory: {reference}() returned a {type(model).__name__}, "
                         "not an nn.Module")  # fmt: skip
@@ -607,7 +619,11 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state: object = load_file(str(path))
+        try:
+            state: object = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type for a broken file
+            raise ValueError(f"--weights {path}: not a readable safetensors file "
+                             f"({type(err).__name__}: {err})") from err  # fmt: skip
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
