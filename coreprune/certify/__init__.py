@@ -12,6 +12,7 @@ from coreprune.certify.bounds import (
     clopper_pearson_upper,
     min_holdout_size,
 )
+from coreprune.certify.disjoint import check_disjoint
 from coreprune.certify.heldout import (
     ASSUMPTION,
     HeldOutCertificate,
@@ -40,6 +41,7 @@ __all__ = [
     "certified_compress",
     "certify",
     "certify_predictions",
+    "check_disjoint",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "layer_exceedance",

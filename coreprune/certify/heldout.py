@@ -221,6 +221,7 @@ def predict(
     run_dense, run_pruned = on_device(dense, where), on_device(pruned, where)
     dense_out, pruned_out, labels = [], [], []
     with read_only(dense, pruned, run_dense, run_pruned):
+        seen = 0
         for index, (x, y) in enumerate(batches):
             x = x.to(where)
             a, b = run_dense(x), run_pruned(x)
@@ -228,6 +229,9 @@ def predict(
                 _check_outputs(a, b)
                 if batches.labels is not None:  # tensors: every label checked before the run
                     check_labels(batches.labels, a.shape[1])
+            _check_finite(a, "dense", seen)
+            _check_finite(b, "pruned", seen)
+            seen += len(a)
             check_labels(y, a.shape[1])
             assert y is not None
             dense_out.append(a.argmax(1).cpu())
@@ -247,6 +251,7 @@ def check_classifier(model: nn.Module, batches: Batches, device: torch.device | 
     with read_only(model, run):
         out = run(x.to(where))
     _check_outputs(out, out)
+    _check_finite(out, "model", 0)
     check_labels(batches.labels if batches.labels is not None else y, out.shape[1])
 
 
@@ -264,6 +269,20 @@ def _check_outputs(a: object, b: object) -> None:
         raise ValueError(
             f"dense and pruned give outputs of different shapes, {tuple(a.shape)} and "
             f"{tuple(b.shape)}: certify a pruned copy of the same classifier"
+        )
+
+
+def _check_finite(scores: torch.Tensor, name: str, offset: int) -> None:
+    """Class scores must be finite: argmax of a NaN row is arbitrary (two all-NaN models would
+    "agree" everywhere), so a non-finite score is an error, never a vote."""
+    bad = ~torch.isfinite(scores).all(dim=1)
+    if bool(bad.any()):
+        first = offset + int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"{name} returned NaN or Inf class scores on {int(bad.sum())} held-out example(s) "
+            f"of this batch (first: example {first}); a certificate needs finite outputs on "
+            "every example: fix the model (e.g. its weights or batch-norm statistics) or the "
+            "inputs"
         )
 
 

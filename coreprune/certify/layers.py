@@ -249,11 +249,23 @@ def _errors(
                             "pruned one; compare layers whose outputs match (e.g. pass the "
                             "compress report rows, which know the kept units)"
                         )
+                    for which, name, value in (("dense", t.dense_name, z),
+                                               ("pruned", t.pruned_name, z_hat)):  # fmt: skip
+                        _check_finite_layer(value, which, name)
                     out[i].append(_relative(z, z_hat).cpu())
     finally:
         for h in handles:
             h.remove()
     return [torch.cat(e) if e else torch.empty(0) for e in out]
+
+
+def _check_finite_layer(output: torch.Tensor, which: str, name: str) -> None:
+    """A NaN output would compare as "not above eps" and be counted as a success: refuse it."""
+    if not bool(torch.isfinite(output).all()):
+        raise ValueError(
+            f"{which}: layer {name!r} returned NaN or Inf on the holdout; a relative error of a "
+            "non-finite output is undefined, so no exceedance bound is given: fix the model"
+        )
 
 
 def _relative(z: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:

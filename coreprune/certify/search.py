@@ -28,6 +28,7 @@ from coreprune.certify._data import (
     check_model,
 )
 from coreprune.certify.bounds import clopper_pearson_lower, min_holdout_size
+from coreprune.certify.disjoint import check_disjoint
 from coreprune.certify.heldout import (
     ASSUMPTION,
     INFORMATIVE,
@@ -170,7 +171,8 @@ def certified_compress(
     {"accuracy_drop": 0.01}. `targets` are compress's `target` fractions, tested in increasing
     order (mildest first). Each is compressed with `compress(model, target=t,
     **compress_kwargs)`; `compress_kwargs` must not use the holdout (e.g. as calibration), or
-    the guarantee is void. Raises ValueError when even the mildest budget is not certified.
+    the guarantee is void: a `calibration` sharing any input with the holdout is refused
+    (`check_disjoint`). Raises ValueError when even the mildest budget is not certified.
     """
     check_model(model, "model")
     guarantee = _check_guarantee(guarantee)
@@ -191,6 +193,7 @@ def certified_compress(
             f"holdout has {batches.size} examples; at confidence {confidence:g} a bound needs "
             f"at least {need} (pass more held-out examples or lower the confidence)"
         )
+    check_disjoint(batches, compress_kwargs.get("calibration"))
     check_classifier(model, batches, None)  # outputs and labels, before any compression
     tests: list[BudgetTest] = []
     accepted: CompressResult | None = None

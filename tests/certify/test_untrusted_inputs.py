@@ -1,0 +1,80 @@
+"""Held-out certificates refuse what would fool them: NaN outputs and a reused holdout."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from coreprune import compress
+from coreprune.certify import certified_compress, certify, check_disjoint, layer_exceedance
+from tests.certify.conftest import make_mlp
+
+FAST = {"method": "magnitude", "progress": False}
+
+
+def _holdout(n: int = 400) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(n, 8, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def _nan_model() -> nn.Module:
+    model = make_mlp()
+    with torch.no_grad():
+        model[-1].bias.fill_(float("nan"))  # type: ignore[index, union-attr]
+    return model
+
+
+def test_two_all_nan_models_are_not_certified_to_agree() -> None:
+    a, b = _nan_model(), _nan_model()
+    with pytest.raises(ValueError, match="dense returned NaN or Inf class scores on 400"):
+        certify(a, b, _holdout())
+
+
+def test_a_pruned_model_with_nan_on_a_few_examples_is_refused() -> None:
+    dense = make_mlp()
+    pruned = copy.deepcopy(dense)
+    x, y = _holdout()
+    x = x.clone()
+    x[123] = float("inf")  # inf input: inf - inf gives NaN scores in the models
+    with pytest.raises(ValueError, match=r"dense returned NaN or Inf .*first: example 123"):
+        certify(dense, pruned, (x, y), batch_size=50)
+    with pytest.raises(ValueError, match=r"pruned returned NaN or Inf"):
+        certify(dense, _nan_model(), _holdout())
+
+
+def test_layer_exceedance_refuses_nan_layer_outputs() -> None:
+    dense = make_mlp()
+    result = compress(dense, target=0.5, **FAST)
+    broken = copy.deepcopy(result.model)
+    with torch.no_grad():
+        broken[4].weight.fill_(float("nan"))  # type: ignore[index, union-attr]
+    with pytest.raises(ValueError, match=r"pruned: layer '4' returned NaN or Inf"):
+        layer_exceedance(dense, broken, [("4", "4")], _holdout(), eps=0.5)
+
+
+def test_certified_compress_refuses_calibration_reused_as_holdout() -> None:
+    holdout = _holdout()
+    with pytest.raises(ValueError, match="holdout and calibration share 400 of the holdout's 400"):
+        certified_compress(make_mlp(), guarantee={"agreement": 0.5}, holdout=holdout,
+                           targets=(0.2,), calibration=holdout[0], **FAST)  # fmt: skip
+
+
+def test_compress_with_guarantee_refuses_calibration_reused_as_holdout() -> None:
+    x, y = _holdout()
+    with pytest.raises(ValueError, match="holdout and calibration share 10 of"):
+        compress(make_mlp(), guarantee={"agreement": 0.5}, holdout=(x, y),
+                 calibration=x[:10].double(), progress=False)  # fmt: skip
+
+
+def test_check_disjoint_counts_shared_rows_across_batches() -> None:
+    x, y = _holdout(40)
+    batches = [(x[:16], y[:16]), (x[16:], y[16:])]
+    check_disjoint(batches, torch.randn(5, 8))  # nothing shared
+    with pytest.raises(ValueError, match=r"share 2 of the holdout's 40 inputs \(first: held-out "
+                       r"example 17\)"):  # fmt: skip
+        check_disjoint(batches, torch.stack([x[30], x[17]]))
+    with pytest.raises(TypeError, match="calibration must be a tensor"):
+        check_disjoint(batches, [1, 2])
