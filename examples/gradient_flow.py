@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| method | {' | '.join(COLUMNS)} | params removed |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for method, row in table.items():
-        cells = [f"{row[c]:.4f} ± {spread[method][c]:.4f}" for c in COLUMNS]
+        # one seed measures no spread: print the value alone rather than "± 0.0000"
+        cells = [f"{row[c]:.4f}" + (f" ± {spread[method][c]:.4f}" if args.seeds > 1 else "")
+                 for c in COLUMNS]  # fmt: skip
         print(f"| {method} | {' | '.join(cells)} | {100 * row['removed']:.1f}% |")
     print()
     results = verdicts(table)
