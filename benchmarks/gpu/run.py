@@ -611,7 +611,7 @@ def table(rows: list[dict[str, str]]) -> str:
 def run_cuda_tests(args: argparse.Namespace, log: Callable[[str], None]) -> str:
     """`pytest -m cuda` in a subprocess (its own timeout); returns its summary line."""
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-               str(ROOT / "tests" / "cuda")]  # fmt: skip
+               "-rfEs", "--durations=10", str(ROOT / "tests" / "cuda")]  # fmt: skip
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                               timeout=args.test_timeout)  # fmt: skip
