@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Rounding the proofs state rather than charge (docs/theory.md §6, "Stated, not charged");
+# every certificate carries them, so a certificate printed alone still states them.
+ROUNDING_ASSUMPTIONS = (
+    "assumes LAPACK's singular values are within 8 (m + D) eps sigma_1 of the exact ones "
+    "(eps = 2^-52), the constant behind the charged rounding",
+    "a batch norm folded into the layer is folded in float64 and that rounding (at most "
+    "5u relative on weights, 7u (|a b| + |a mean| + |beta|) on the bias, u = 2^-53) is not charged",
+    "a query subspace is covered as spanned by its stored orthonormalised basis; the span of a "
+    "basis given by hand is matched only up to the rounding of its QR",
+)
+
 
 @dataclass(frozen=True)
 class Certificate:
@@ -13,7 +24,8 @@ class Certificate:
     ``delta == 0`` and with probability at least ``1 - delta`` over the sampling otherwise.
     It is vacuous (says nothing useful) when eps >= 1. ``caveats`` lists every condition the
     bound is subject to (a restricted query space, rounding charged into it, max pooling after
-    the layer, ...); ``str()`` prints them, so a certificate printed alone still states them.
+    the layer, ...); ``assumptions`` the rounding the proofs state rather than charge
+    (`ROUNDING_ASSUMPTIONS`); ``str()`` prints both, so a certificate printed alone states them.
     """
 
     eps: float
@@ -29,10 +41,13 @@ class Certificate:
     eps_probabilistic: float | None = None
     note: str = ""
     caveats: tuple[str, ...] = ()
+    assumptions: tuple[str, ...] = ROUNDING_ASSUMPTIONS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.caveats, tuple) or not all(isinstance(c, str) for c in self.caveats):
-            raise TypeError(f"caveats must be a tuple of str, got {self.caveats!r}")
+        for name in ("caveats", "assumptions"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(c, str) for c in value):
+                raise TypeError(f"{name} must be a tuple of str, got {value!r}")
 
     @property
     def vacuous(self) -> bool:
@@ -50,4 +65,6 @@ class Certificate:
         text = f"{head} ({tail}){'; ' + self.note if self.note else ''}"
         if self.caveats:
             text += "; caveats: " + "; ".join(self.caveats)
+        if self.assumptions:
+            text += "; rounding: " + "; ".join(self.assumptions)
         return text
