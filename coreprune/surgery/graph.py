@@ -36,6 +36,7 @@ from coreprune.surgery.activations import (
     looks_like_activation,
     module_activation,
 )
+from coreprune.surgery.attention import HeadAttention
 from coreprune.surgery.registry import layer_kind
 
 __all__ = [
@@ -227,6 +228,8 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if super().is_leaf_module(m, module_qualified_name) or layer_kind(m) is not None:
+            return True
+        if isinstance(m, HeadAttention):  # a cut nn.MultiheadAttention stays one call, as it was
             return True
         stateless = not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
         return stateless and looks_like_activation(m)

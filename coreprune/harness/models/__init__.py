@@ -1,4 +1,5 @@
-"""Model zoo: LeNet, CIFAR-style VGG-BN, CIFAR and ImageNet-style ResNets, without torchvision.
+"""Model zoo: LeNet, CIFAR-style VGG-BN, CIFAR and ImageNet-style ResNets, a small ViT, without
+torchvision.
 
 ``build_model(name, **kwargs)`` is the one entry point the CLI and benchmarks use, so a model
 is named by a string that can be written into configs and saved pruned-model specs.
@@ -25,6 +26,7 @@ from .resnet import (
 )
 from .vgg import VGG, VGG_CONFIGS, vgg11, vgg13, vgg16, vgg19
 from .vgg_small import VGGSmall, vgg_small
+from .vit import ViT, vit_small
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "lenet300100": LeNet300100,
@@ -40,6 +42,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet110": resnet110,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "vit_small": vit_small,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
@@ -73,6 +76,7 @@ __all__ = [
     "LeNet300100",
     "ResNet",
     "VGGSmall",
+    "ViT",
     "build_model",
     "resnet18",
     "resnet20",
@@ -85,4 +89,5 @@ __all__ = [
     "vgg16",
     "vgg19",
     "vgg_small",
+    "vit_small",
 ]
