@@ -679,30 +679,64 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path) -> None:
     except ImportError as err:
         raise ImportError("plotting needs matplotlib: pip install 'coreprune[plots]'") from err
     panels = sorted({(s["model"], s["metric"]) for s in summary})
-    kinds = (("pruned_accuracy", "no fine-tuning"), ("recalibrated_accuracy", "BN re-estimated"),
-             ("finetuned_accuracy", "fine-tuned"))  # fmt: skip
-    fig, axes = plt.subplots(3, len(panels), figsize=(4.2 * len(panels), 10), squeeze=False)
+    kinds: tuple[tuple[str, str], ...] = (
+        ("pruned_accuracy", "no fine-tuning"), ("recalibrated_accuracy", "BN re-estimated"),
+        ("finetuned_accuracy", "fine-tuned"),
+    )  # fmt: skip
+    # A kind no run measured (BN re-estimation at init, say) gets no row of empty panels.
+    kinds = tuple(k for k in kinds if any(_finite(s[k[0]]) for s in summary))
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    # Up to 20 methods get a colour each (tab10, then tab20); markers tell them apart beyond.
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    palette = [cmap(i) for i in range(cmap.N)]
+    style = {m: (palette[i % len(palette)], "osD^v<>ph*"[i // len(palette) % 10])
+             for i, m in enumerate(methods)}  # fmt: skip
+    fig, axes = plt.subplots(len(kinds), len(panels), figsize=(4.2 * len(panels), 3.4 * len(kinds)),
+                             squeeze=False)  # fmt: skip
     for col, (model, metric) in enumerate(panels):
+        targets = sorted(
+            {s["target"] for s in summary if (s["model"], s["metric"]) == (model, metric)}
+        )
+        single = len(targets) == 1  # one budget: methods side by side, not a line over targets
         for row, (key, label) in enumerate(kinds):
             ax = axes[row][col]
-            for method in dict.fromkeys(s["method"] for s in summary):
+            for index, method in enumerate(methods):
                 pts = sorted((s["target"], s[key], s[key + "_std"]) for s in summary
                              if s["model"] == model and s["metric"] == metric
-                             and s["method"] == method)  # fmt: skip
+                             and s["method"] == method and _finite(s[key]))  # fmt: skip
                 if pts:
                     xs, ys, es = zip(*pts, strict=True)
-                    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+                    color, marker = style[method]
+                    where = [index] if single else xs
+                    ax.errorbar(where, ys, yerr=es, marker=marker, color=color, capsize=3,
+                                ls="none" if single else "-", label=method)  # fmt: skip
             dense = [s["dense_accuracy"] for s in summary if s["model"] == model]
             if dense:
                 ax.axhline(statistics.fmean(dense), color="gray", ls="--", lw=1, label="dense")
             ax.set_title(f"{model}, matched {metric}, {label}", fontsize=9)
-            ax.set_xlabel(f"fraction of {metric} removed (target)")
+            if single:
+                ax.set_xticks(range(len(methods)), methods, rotation=60, ha="right", fontsize=7)
+                ax.set_xlabel(f"method, at {100 * targets[0]:g}% of {metric} removed", fontsize=8)
+            else:
+                ax.set_xticks(targets)
+                ax.set_xlabel(f"fraction of {metric} removed (target)")
             ax.set_ylabel("test accuracy")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    legend: dict[str, Any] = {}  # every method once, even one missing from the first panel
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    labels = [m for m in (*methods, "dense") if m in legend]
+    handles = [legend[m] for m in labels]
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # beside the panels, so that no legend covers a data point
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def write_summary(rows: Sequence[dict[str, Any]], out: str | Path) -> str:
