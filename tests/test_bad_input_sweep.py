@@ -87,7 +87,6 @@ CASES: list[Any] = []
 # Known gaps, each failing today exactly as described (strict: a fix makes the case pass, and
 # then its mark must go). They sit in modules this sweep does not own.
 GAPS = {
-    "certify-holdout-nan-inputs": "certify accepts NaN inputs (predictions on NaN are arbitrary)",
     "certify-holdout-wrong-features": "certify lets torch's matmul shape error through",
     "certify-device-unknown": "certify lets torch's device-string error through",
     "exceed-holdout-wrong-features": "layer_exceedance lets torch's matmul shape error through",

@@ -411,8 +411,9 @@ def row_specs(args: argparse.Namespace) -> list[bench.Spec]:
         elif method == "random":
             out += [bench.Spec("random", c, seed=s) for s in args.random_seeds
                     for c in args.compensate]  # fmt: skip
-        elif method in bench.TP_IMPORTANCES:
-            out.append(bench.Spec(method, "none"))
+        elif method in bench.TP_IMPORTANCES:  # as shipped; + lstsq where bench_oneshot can
+            refits = hasattr(bench, "prune_tp_refit")
+            out += [bench.Spec(method, c) for c in args.compensate if c == "none" or refits]
         else:
             out += [bench.Spec(method, c) for c in args.compensate]
 
@@ -509,8 +510,12 @@ def run_model(
             if spec.method in bench.TP_IMPORTANCES:
                 if label not in widths:
                     raise RuntimeError("no reference widths: no row of ours finished")
-                pruned = bench.prune_tp(dense, widths[label], spec, args, data)
-                got = bench.widths_of(pruned, list(widths[label]))
+                if spec.compensate == "none":
+                    pruned = bench.prune_tp(dense, widths[label], spec, args, data)
+                    got = bench.widths_of(pruned, list(widths[label]))
+                else:  # TP's kept units, our surgery and refit
+                    pruned, got = bench.prune_tp_refit(dense, widths[label], target, spec, args,
+                                                       data)  # fmt: skip
             else:
                 pruned, got = bench.prune_ours(dense, target, spec, args, data)
             _sync(args.device)
