@@ -132,6 +132,7 @@ def check_holdout(
         )
     if inputs.ndim == 0 or len(inputs) == 0:
         raise ValueError(f"{name} is empty: pass at least one held-out example")
+    check_finite_inputs(inputs, name, 0)
     if labels is not None:
         if labels.ndim != 1 or len(labels) != len(inputs):
             raise ValueError(
@@ -144,6 +145,19 @@ def check_holdout(
                 "(convert with labels.long())"
             )
     return Batches(None, inputs, labels, batch_size, len(inputs))
+
+
+def check_finite_inputs(inputs: torch.Tensor, name: str, offset: int) -> None:
+    """Held-out inputs must be finite: a model's prediction on NaN is arbitrary, not a vote."""
+    if not inputs.is_floating_point() and not inputs.is_complex():
+        return
+    bad = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{name}: {int(bad.sum())} input(s) contain NaN or Inf (first: example "
+            f"{offset + int(torch.nonzero(bad)[0])}); drop or fix them: predictions on them are "
+            "arbitrary, so they cannot count for or against a certificate"
+        )
 
 
 def check_labels(labels: torch.Tensor | None, classes: int, name: str = "holdout") -> None:

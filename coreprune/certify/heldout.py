@@ -23,6 +23,7 @@ from coreprune.certify._data import (
     Holdout,
     check_batch_size,
     check_confidence,
+    check_finite_inputs,
     check_holdout,
     check_labels,
     check_model,
@@ -223,6 +224,7 @@ def predict(
     with read_only(dense, pruned, run_dense, run_pruned):
         seen = 0
         for index, (x, y) in enumerate(batches):
+            check_finite_inputs(x, "holdout", seen)
             x = x.to(where)
             a, b = run_dense(x), run_pruned(x)
             if index == 0:

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from coreprune import compress
 from coreprune.certify import certified_compress, certify, check_disjoint, layer_exceedance
@@ -35,12 +36,15 @@ def test_two_all_nan_models_are_not_certified_to_agree() -> None:
 
 def test_a_pruned_model_with_nan_on_a_few_examples_is_refused() -> None:
     dense = make_mlp()
-    pruned = copy.deepcopy(dense)
     x, y = _holdout()
     x = x.clone()
-    x[123] = float("inf")  # inf input: inf - inf gives NaN scores in the models
-    with pytest.raises(ValueError, match=r"dense returned NaN or Inf .*first: example 123"):
-        certify(dense, pruned, (x, y), batch_size=50)
+    x[123] = float("inf")
+    with pytest.raises(ValueError, match=r"holdout: 1 input\(s\) contain NaN or Inf \(first: "
+                       r"example 123\)"):  # fmt: skip
+        certify(dense, copy.deepcopy(dense), (x, y), batch_size=50)
+    loader = DataLoader(TensorDataset(x, y), batch_size=50)
+    with pytest.raises(ValueError, match=r"holdout: 1 input.*example 123"):
+        certify(dense, copy.deepcopy(dense), loader)
     with pytest.raises(ValueError, match=r"pruned returned NaN or Inf"):
         certify(dense, _nan_model(), _holdout())
 
