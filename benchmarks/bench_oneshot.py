@@ -7,13 +7,17 @@ after batch-norm re-estimation (the same training batches for every row), and af
 short fine-tuning (same images, order, optimizer and learning rate for every row).
 
 Rows:
-- the coreset (empirical choice on the calibration batch) with compensate none / merge / lstsq,
-  and the certified choice with lstsq (separates the choice from the rewiring);
+- the coreset's default choice, "refit" (greedy structured OBS on each consumer's least-squares
+  problem, chosen and refitted together), with lstsq; the empirical choice with compensate
+  none / merge / lstsq, and the certified choice with lstsq (separates the choice from the
+  rewiring);
 - magnitude (filter L1), SNIP (one batch of 128), SynFlow, and random (several seeds), each with
   compensate none and lstsq on the same calibration batch;
 - Torch-Pruning (optional, `pip install torch-pruning==1.6.1 --no-deps`): its MetaPruner with
   group-L2, group-Taylor and group-Hessian importance, driven to exactly our per-layer widths and
-  restricted to exactly the layers we prune (checked after pruning).
+  restricted to exactly the layers we prune (checked after pruning), as shipped ("none"), and
+  with the same least-squares refit as ours ("lstsq": TP's kept units, recovered from its
+  pruned weights, cut by our surgery and refitted layer by layer), to separate choice from refit.
 
 Run (results go to benchmarks/results/oneshot/, rows are appended as they finish, finished rows
 are skipped on a rerun, and summary.md is rewritten after each model):
@@ -57,6 +61,7 @@ from coreprune.harness.pretrained import load_pretrained
 from coreprune.harness.training import evaluate, fit, recalibrated_copy
 from coreprune.scoring import SNIP, Magnitude, Pruner, Random, SynFlow
 from coreprune.surgery.graph import find_prunable_pairs
+from coreprune.surgery.groups import find_channel_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "oneshot"
@@ -129,9 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--choices",
         nargs="+",
-        default=["empirical", "certified"],
-        choices=["empirical", "certified"],
-        help="coreset choices to run (certified only with lstsq)",
+        default=["refit", "empirical", "certified"],
+        choices=["refit", "empirical", "certified"],
+        help="coreset choices to run (refit and certified only with lstsq)",
     )
     p.add_argument("--random-seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument(
@@ -240,18 +245,22 @@ def specs(args: argparse.Namespace) -> list[Spec]:
     out: list[Spec] = []
     for method in args.methods:
         if method == "coreset":
+            out.append(Spec("coreset", "lstsq", "refit"))
             out += [Spec("coreset", c, "empirical") for c in ("none", "merge", "lstsq")]
             out.append(Spec("coreset", "lstsq", "certified"))
         elif method == "random":
             out += [Spec("random", c, seed=s) for s in args.random_seeds for c in ("none", "lstsq")]
         elif method in TP_IMPORTANCES:
-            out.append(Spec(method, "none"))
+            out += [Spec(method, c) for c in ("none", "lstsq")]
         else:
             out += [Spec(method, c) for c in ("none", "lstsq")]
     return [
         s
         for s in out
-        if (s.method in TP_IMPORTANCES or s.compensate in args.compensate)
+        if (
+            (s.method in TP_IMPORTANCES and s.compensate == "none")
+            or s.compensate in args.compensate
+        )
         and (s.method != "coreset" or s.choice in args.choices)
     ]
 
@@ -349,6 +358,91 @@ def prune_tp(
     pruner.step()
     work.zero_grad(set_to_none=True)
     return work
+
+
+def tp_kept_units(
+    dense: nn.Module, pruned: nn.Module, producers: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Which of each producer's units Torch-Pruning kept, matched exactly on per-unit vectors
+    TP slices but never changes: the following batch norm's affine parameters and running
+    statistics, or the producer's bias (a group "a + b" reads its first layer)."""
+    norms = {
+        p: n
+        for g in find_channel_groups(dense)[0]
+        for p, n in zip(g.producers, g.producer_norms, strict=True)
+    }
+    kept: dict[str, torch.Tensor] = {}
+    for name in producers:
+        layer = name.split(" + ")[0]
+        before, after = (
+            _unit_tags(dense, layer, norms.get(layer)),
+            _unit_tags(pruned, layer, norms.get(layer)),
+        )
+        where = {tuple(row.tolist()): i for i, row in enumerate(before)}
+        if len(where) != before.shape[0]:
+            raise RuntimeError(f"{layer}: two units carry the same tags; cannot match TP's choice")
+        try:
+            kept[name] = torch.tensor([where[tuple(row.tolist())] for row in after])
+        except KeyError as err:
+            raise RuntimeError(f"{layer}: a unit Torch-Pruning kept matches no dense unit") from err
+    return kept
+
+
+def _unit_tags(model: nn.Module, layer: str, norm: str | None) -> torch.Tensor:
+    if norm is not None:
+        bn = model.get_submodule(norm)
+        return torch.stack([bn.weight, bn.bias, bn.running_mean, bn.running_var], 1).detach()
+    bias = model.get_submodule(layer).bias
+    if bias is None:
+        raise RuntimeError(f"{layer} has neither a batch norm nor a bias to match units by")
+    return bias.detach()[:, None]
+
+
+class KeptUnits(Pruner):
+    """Scores 1 for the units of a fixed choice and 0 for the rest: at the same widths,
+    compress keeps exactly that choice and applies its own surgery and rewiring."""
+
+    name = "tp_choice"
+
+    def __init__(self, kept: dict[str, torch.Tensor]) -> None:
+        self.kept = kept
+
+    def unit_scores(
+        self, model: nn.Module, gates: Any, example_input: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        out = []
+        for pair, producer in zip(gates.pairs, gates.producers, strict=True):
+            n = producer.weight.shape[0]
+            score = torch.zeros(n, dtype=torch.float64)
+            for label, index in self.kept.items():
+                if pair.producer in label.split(" + "):
+                    score[index] = 1.0
+            out.append(score)
+        return out
+
+    def weight_scores(
+        self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("KeptUnits scores units only")
+
+
+def prune_tp_refit(
+    model: nn.Module,
+    widths: dict[str, int],
+    target: float,
+    spec: Spec,
+    args: argparse.Namespace,
+    data: Data,
+) -> tuple[nn.Module, dict[str, int]]:
+    """Torch-Pruning's choice of units, cut by our surgery and refitted by least squares."""
+    tp_model = prune_tp(model, widths, Spec(spec.method, "none"), args, data)
+    kept = tp_kept_units(model, tp_model, list(widths))
+    result = compress(
+        model, method=KeptUnits(kept), target=target, metric="params",
+        allocation="uniform", compensate="lstsq", calibration=data.calibration,
+        progress=False, example_input=data.calibration[:1],
+    )  # fmt: skip
+    return result.model, {r.producer: r.units_after for r in result.report.rows}
 
 
 def _hessian_importance(tp: Any) -> Any:
@@ -474,8 +568,11 @@ def run_model(
                     widths = widths or (None if text is None else _parse_widths(text))
                     if widths is None:
                         raise RuntimeError("no reference widths yet: run a method of ours first")
-                    pruned = prune_tp(dense, widths, spec, args, data)
-                    got = widths_of(pruned, list(widths))
+                    if spec.compensate == "lstsq":
+                        pruned, got = prune_tp_refit(dense, widths, target, spec, args, data)
+                    else:
+                        pruned = prune_tp(dense, widths, spec, args, data)
+                        got = widths_of(pruned, list(widths))
                 else:
                     pruned, got = prune_ours(dense, target, spec, args, data)
                 seconds = time.perf_counter() - start
@@ -604,8 +701,6 @@ def _label(row: dict[str, str]) -> str:
               "tp_hessian": "TP group-Hessian"}.get(row["method"], row["method"])  # fmt: skip
     if row["method"] == "coreset":
         return f"coreset ({row['choice']}) + {row['compensate']}"
-    if row["method"].startswith("tp_"):
-        return method
     return f"{method} + {row['compensate']}"
 
 
@@ -670,23 +765,28 @@ def summary_tables(rows: list[dict[str, str]]) -> str:
 
 
 def _timing(rows: list[dict[str, str]]) -> str:
-    """Wall time of compress with lstsq rewiring against no rewiring (coreset, empirical)."""
+    """Wall time of the default compress (coreset, refit choice, lstsq) against magnitude +
+    lstsq, per budget, from the same run (each row's prune_seconds)."""
     lines = []
     for budget in dict.fromkeys(r["budget"] for r in rows):
 
-        def seconds(comp: str, b: str = budget) -> float:
-            hits = [r for r in rows if r["budget"] == b and r["method"] == "coreset"
-                    and r["choice"] == "empirical" and r["compensate"] == comp
+        def seconds(method: str, choice: str, b: str = budget) -> float:
+            hits = [r for r in rows if r["budget"] == b and r["method"] == method
+                    and r["choice"] == choice and r["compensate"] == "lstsq"
                     and r["status"] == "ok"]  # fmt: skip
-            return float(hits[0]["prune_seconds"]) if hits else math.nan
+            return float(hits[-1]["prune_seconds"]) if hits else math.nan
 
-        none, lstsq = seconds("none"), seconds("lstsq")
-        if not math.isnan(none) and not math.isnan(lstsq):
-            lines.append(f"{budget}: {none:.1f} s without rewiring, {lstsq:.1f} s with lstsq "
-                         f"({lstsq / none:.2f}x)")  # fmt: skip
+        ours, magnitude = seconds("coreset", "refit"), seconds("magnitude", "")
+        if not math.isnan(ours) and not math.isnan(magnitude):
+            lines.append(f"{budget}: {ours:.1f} s against {magnitude:.1f} s "
+                         f"({ours / magnitude:.2f}x)")  # fmt: skip
     if not lines:
         return ""
-    return "Coreset compress wall time (empirical choice), lstsq vs none: " + "; ".join(lines) + "."
+    return (
+        "Compress wall time, coreset (refit choice) + lstsq against magnitude + lstsq: "
+        + "; ".join(lines)
+        + "."
+    )
 
 
 def write_summary(out: Path, header: str) -> None:
@@ -727,6 +827,13 @@ SNAPSHOT_NOTE = (
 )
 
 
+def _tp_version() -> str:
+    try:
+        return str(importlib.import_module("torch_pruning").__version__)
+    except ImportError:
+        return "(not installed)"
+
+
 def _header(args: argparse.Namespace) -> str:
     return "\n".join([
         "# One-shot pruning at matched widths (Fashion-MNIST)",
@@ -738,16 +845,17 @@ def _header(args: argparse.Namespace) -> str:
         "- budgets: fraction of all params removed (`metric='params'`, uniform allocation, so "
         "every row of a budget has the same widths; checked, see the architecture tables)",
         f"- calibration: {args.calibration} unaugmented images of the training split (fixed "
-        f"permutation, seed {args.seed}); coreset rows use the empirical choice on it unless "
-        "marked certified; every lstsq rewiring refits on it; SNIP scores on its first "
+        f"permutation, seed {args.seed}); coreset rows use the choice named in the row "
+        "(refit: the default, greedy structured OBS; empirical; certified); every lstsq rewiring refits on it; SNIP scores on its first "
         f"{args.snip_batch} images (with labels); SynFlow {args.synflow_rounds} rounds",
         "- deterministic rows: everything except random is a deterministic function of the "
         f"dense model and the calibration batch; random uses seeds {args.random_seeds} "
         "(mean±std)",
-        "- Torch-Pruning 1.6.1 MetaPruner restricted to exactly our producers, at our widths "
-        "(group L2; group Taylor from one backward on the SNIP batch; group Hessian from "
-        f"{args.hessian_samples} per-sample gradients, accumulated over all samples: TP 1.6's "
-        "own accumulate_grad keeps only the last sample), no rewiring",
+        f"- Torch-Pruning {_tp_version()} MetaPruner restricted to exactly our producers, at "
+        "our widths (group L2; group Taylor from one backward on the SNIP batch; group Hessian "
+        f"from {args.hessian_samples} per-sample gradients, accumulated over all samples: TP "
+        "1.6's own accumulate_grad keeps only the last sample); '+ none' as TP ships it, "
+        "'+ lstsq' TP's kept units cut by our surgery and refitted by our least squares",
         f"- BN re-estimation: {args.bn_batches} batches of 128 of the same fixed subset, in "
         "order, cumulative average (`recalibrated_copy`); LeNet has no BN",
         f"- fine-tuning (from the BN-re-estimated model): 1 epoch over a fixed subset of the "

@@ -29,7 +29,7 @@ def test_smoke_run_matches_widths_and_resumes(tmp_path: Path) -> None:
     assert [r["status"] for r in rows] == ["ok"] * len(rows)
     budgets = {r["budget"] for r in rows if r["method"] != "dense"}
     assert budgets == {"hidden 80%", "50%"}
-    per_budget = 2 + 2 * 2 + (1 if HAS_TP else 0)  # magnitude x2, random 2 seeds x2, TP
+    per_budget = 2 + 2 * 2 + (2 if HAS_TP else 0)  # magnitude x2, random 2 seeds x2, TP x2
     for budget in budgets:
         mine = [r for r in rows if r["budget"] == budget]
         assert len(mine) == per_budget

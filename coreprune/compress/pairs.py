@@ -72,8 +72,8 @@ def cut_and_rewire(
         refit = with_fitted_weights(sliced, selection.weights[0], selection.biases[0])
         replace_submodule(work, pair.consumer, refit)
         rewiring = (
-            f"least squares on {selection.gap.rows} rows, relative residual "
-            f"{selection.gap.residual:.3g} (solved with the choice)"
+            f"least squares on {selection.fit_rows} rows (solved with the choice; the gap on "
+            f"{selection.gap.rows} of them)"
         )
         if picked.per_next is not None:
             eps_rewired = _rewired_certificate(consumer, refit, reading, keep, n, picked, notes)

@@ -9,6 +9,7 @@ consumer's inputs in the current network against the dense consumer's output.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -20,7 +21,11 @@ from coreprune.surgery.groups import ChannelGroup, is_grouped
 from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.rewire import refit_rows
 
-__all__ = ["TargetOf", "group_selection", "pair_selection"]
+__all__ = ["SELECTION_ROWS", "TargetOf", "group_selection", "pair_selection", "selection_rows"]
+
+SELECTION_ROWS = 4096  # least-squares rows the choice reads at least (all when fewer)
+SELECTION_ROWS_PER_FEATURE = 4  # ... and at least this many per feature column
+SELECTION_SEED = 1  # fixed seed of the choice's row subsample
 
 # (network as compressed so far, consumer name) -> the dense consumer's output on calibration
 TargetOf = Callable[[nn.Module, str], torch.Tensor]
@@ -42,18 +47,35 @@ def _feature_owner(consumer: nn.Module, total: int, offset: int, width: int) -> 
     return torch.where((unit >= 0) & (unit < width), unit, torch.full_like(unit, -1))
 
 
-def _problem(
-    model: nn.Module,
-    name: str,
-    calibration: torch.Tensor,
-    target: torch.Tensor,
-    owner: torch.Tensor,
-    ridge: float,
-) -> RefitProblem:
+def selection_rows(rows: int, features: int) -> torch.Tensor | None:
+    """The rows the choice is made on: all of them, or a fixed subsample of
+    max(SELECTION_ROWS, SELECTION_ROWS_PER_FEATURE * features) when there are more. The choice
+    works on all f columns (N f^2 for the Gram matrix) where the refit of the kept set works on
+    f_S of them, so a subsample keeps the choice's cost near the refit's; the kept set is then
+    refitted on every row."""
+    limit = max(SELECTION_ROWS, SELECTION_ROWS_PER_FEATURE * features)
+    if rows <= limit:
+        return None
+    gen = torch.Generator().manual_seed(SELECTION_SEED)
+    return torch.randperm(rows, generator=gen)[:limit].sort().values
+
+
+def _rows(
+    model: nn.Module, name: str, calibration: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     consumer = model.get_submodule(name)
-    inputs = capture_input(model, name, calibration)
-    x, y = refit_rows(consumer, inputs, target)
-    bias = getattr(consumer, "bias", None) is not None
+    x, y = refit_rows(consumer, capture_input(model, name, calibration), target)
+    return x, y, getattr(consumer, "bias", None) is not None
+
+
+def _problem(
+    x: torch.Tensor, y: torch.Tensor, owner: torch.Tensor, ridge: float, bias: bool
+) -> RefitProblem:
+    """The choice's statistics, on `selection_rows` of the refit's rows."""
+    pick = selection_rows(x.shape[0], x.shape[1])
+    if pick is not None:
+        pick = pick.to(x.device)
+        x, y = x.index_select(0, pick), y.index_select(0, pick)
     return RefitProblem.from_rows(x, y, owner.to(x.device), ridge=ridge, bias=bias)
 
 
@@ -74,10 +96,16 @@ def pair_selection(
     n = kind.out_units(producer)
     consumer = model.get_submodule(pair.consumer)
     owner = _feature_owner(consumer, n, 0, n)
-    problem = _problem(
-        model, pair.consumer, calibration, target_of(model, pair.consumer), owner, ridge
+    x, y, bias = _rows(model, pair.consumer, calibration, target_of(model, pair.consumer))
+    sel = greedy_selection([_problem(x, y, owner, ridge, bias)], n, count, alive=alive)
+    if sel.fit_rows == x.shape[0]:
+        return sel
+    cols = sel.columns[0].to(x.device)  # the kept columns refitted on every row
+    full = RefitProblem.from_rows(
+        x.index_select(1, cols), y, owner[cols.cpu()], ridge=ridge, bias=bias
     )
-    return greedy_selection([problem], n, count, alive=alive)
+    weight, b = full.fit(torch.arange(cols.numel(), device=x.device))
+    return replace(sel, weights=(weight,), biases=(b,), fit_rows=x.shape[0])
 
 
 def group_selection(
@@ -97,8 +125,8 @@ def group_selection(
         if is_grouped(module):
             continue
         owner = _feature_owner(module, consumer.total, consumer.offset, group.width)
-        target = target_of(model, consumer.name)
-        problems.append(_problem(model, consumer.name, calibration, target, owner, ridge))
+        x, y, bias = _rows(model, consumer.name, calibration, target_of(model, consumer.name))
+        problems.append(_problem(x, y, owner, ridge, bias))
     if not problems:
         return None
     return greedy_selection(problems, group.width, count)

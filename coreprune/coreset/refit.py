@@ -38,7 +38,7 @@ __all__ = [
     "lower_bound",
 ]
 
-DEFAULT_STEP_FRACTION = 0.02  # units removed per greedy step, as a fraction of the layer's units
+DEFAULT_STEP_FRACTION = 0.05  # units removed per greedy step, as a fraction of the layer's units
 _NULL_RTOL = 1e-12  # Gram eigenvalues below this times the largest are numerically null
 _MARGIN_ULPS = 64  # rounding margin of the lower bound, in units of f * eps * ||Y_c||^2
 _CHUNK_ELEMENTS = 1 << 22
@@ -186,6 +186,7 @@ class Selection:
     weights: tuple[torch.Tensor, ...]
     biases: tuple[torch.Tensor | None, ...]
     gap: GapCertificate
+    fit_rows: int
 
 
 def greedy_selection(
@@ -240,7 +241,7 @@ def greedy_selection(
         weights.append(w)
         biases.append(b)
     gap = gap_certificate(problems, columns, weights, kept.numel(), units)
-    return Selection(kept, tuple(columns), tuple(weights), tuple(biases), gap)
+    return Selection(kept, tuple(columns), tuple(weights), tuple(biases), gap, problems[0].rows)
 
 
 def gap_certificate(
