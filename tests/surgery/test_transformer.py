@@ -337,6 +337,16 @@ def test_calibrated_magnitude_rewires_on_token_activations(variant: dict, compen
         )
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_default_calibrated_choice_on_token_activations(variant: dict) -> None:
+    """The default, recommended path: calibration given, the coreset's own choice and the
+    least-squares refit, on (batch, tokens, features) activations."""
+    model = _model(**variant)
+    result = coreprune.compress(model, target=0.3, calibration=_calibration(), progress=False)
+    _check_result(model, result, _x())
+    assert all(r.compensate == "lstsq" for r in result.report.rows)
+
+
 @pytest.mark.parametrize(
     "variant",
     [*LINEAR_VARIANTS, *(pytest.param(v, marks=_CONV1D_IN_CHOOSE) for v in CONV1D_VARIANTS)],
