@@ -28,7 +28,7 @@ def _one_thread() -> None:
 def _kwargs(name: str) -> dict[str, object]:
     if name == "lenet300100":
         return {}
-    if name == "lenet5":
+    if name in ("lenet5", "vit_small"):
         return {"in_channels": 1}
     return {"in_channels": 1, "width_multiplier": 0.25}
 
