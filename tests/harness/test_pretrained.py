@@ -19,8 +19,8 @@ from coreprune.harness.pretrained import PRETRAINED, load_pretrained, manifest
 _FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 # Floors on the first 1,000 test images, about 2-3 points under what the shipped files
-# measured there (0.907, 0.919, 0.939), so a broken file, loader or normalisation fails.
-_MIN_ACCURACY = {"lenet300100": 0.88, "vgg_small": 0.89, "resnet20": 0.91}
+# measured there (0.907, 0.919, 0.939, 0.854), so a broken file, loader or normalisation fails.
+_MIN_ACCURACY = {"lenet300100": 0.88, "vgg_small": 0.89, "resnet20": 0.91, "vit_small": 0.83}
 
 _SHIPPED = [name for name in PRETRAINED if pretrained._path(name).exists()]
 

@@ -1,7 +1,7 @@
 """Dense models trained on Fashion-MNIST, shipped with the package as small safetensors files.
 
 Pruning needs a well-trained dense model to start from, and training one on a CPU takes
-minutes (LeNet-300-100) to half an hour (ResNet-20). ``load_pretrained(name)`` returns one
+minutes (LeNet-300-100, the small ViT) to half an hour (ResNet-20). ``load_pretrained(name)`` returns one
 ready to prune or evaluate. How each file was made (command line, seed, schedule, accuracies,
 machine) is in ``manifest.json`` next to the weights, written by
 ``benchmarks/train_fixtures.py``, which also remakes them.
@@ -28,7 +28,7 @@ DATASET = "fashion_mnist"
 _SCRIPT = "benchmarks/train_fixtures.py"
 
 #: The names ``load_pretrained`` accepts: registry model names, all trained on Fashion-MNIST.
-PRETRAINED: tuple[str, ...] = ("lenet300100", "vgg_small", "resnet20")
+PRETRAINED: tuple[str, ...] = ("lenet300100", "vgg_small", "resnet20", "vit_small")
 
 
 def _path(name: str) -> Path:
