@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import coreprune
 from coreprune.compress import count_macs, count_params
 from coreprune.compress.heads import prune_attention_heads
 from coreprune.harness.models.vit import ViT
@@ -211,3 +212,18 @@ def test_bad_input_is_refused_before_any_work() -> None:
         prune_heads(model, [AttentionHeads.fused("blocks.0.attn", 2, HEAD_DIM)], [[0]])
     with pytest.raises(ValueError, match="no attention module"):
         prune_attention_heads(nn.Sequential(nn.Linear(2, 2)), 0.5)
+
+
+def test_ffn_pairs_still_prune_after_the_heads() -> None:
+    """Heads and FFN neurons compose: the head-pruned ViT still traces, and compress finds and
+    rewires its FFNs on token activations."""
+    model, calib = _vit(), _images(20)
+    heads = prune_attention_heads(model, 0.5, calibration=calib, compensate="lstsq").model
+    result = coreprune.compress(
+        heads, target=0.2, method="magnitude", compensate="lstsq", calibration=calib,
+        progress=False,
+    )  # fmt: skip
+    assert [r.producer for r in result.report.rows] == [f"blocks.{i}.fc1" for i in range(DEPTH)]
+    assert count_params(result.model) < count_params(heads) < count_params(model)
+    with torch.no_grad():
+        assert result.model(calib).shape == (20, 10)
