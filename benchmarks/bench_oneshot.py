@@ -757,36 +757,8 @@ def summary_tables(rows: list[dict[str, str]]) -> str:
         if failures:
             parts.append("\nFailed rows:\n")
             parts += [f"- {r['budget']} {_label(r)}: {r['note']}" for r in failures]
-        timing = _timing(mine)
-        if timing:
-            parts += ["", timing]
         parts.append("")
     return "\n".join(parts)
-
-
-def _timing(rows: list[dict[str, str]]) -> str:
-    """Wall time of the default compress (coreset, refit choice, lstsq) against magnitude +
-    lstsq, per budget, from the same run (each row's prune_seconds)."""
-    lines = []
-    for budget in dict.fromkeys(r["budget"] for r in rows):
-
-        def seconds(method: str, choice: str, b: str = budget) -> float:
-            hits = [r for r in rows if r["budget"] == b and r["method"] == method
-                    and r["choice"] == choice and r["compensate"] == "lstsq"
-                    and r["status"] == "ok"]  # fmt: skip
-            return float(hits[-1]["prune_seconds"]) if hits else math.nan
-
-        ours, magnitude = seconds("coreset", "refit"), seconds("magnitude", "")
-        if not math.isnan(ours) and not math.isnan(magnitude):
-            lines.append(f"{budget}: {ours:.1f} s against {magnitude:.1f} s "
-                         f"({ours / magnitude:.2f}x)")  # fmt: skip
-    if not lines:
-        return ""
-    return (
-        "Compress wall time, coreset (refit choice) + lstsq against magnitude + lstsq: "
-        + "; ".join(lines)
-        + "."
-    )
 
 
 def write_summary(out: Path, header: str) -> None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from coreprune.checks import check_int
 from coreprune.compress import allocate
-from coreprune.compress.capture import DenseTargets
+from coreprune.compress.capture import DenseTargets, LayerRecords
 from coreprune.compress.choose import (
     Choice,
     ones,
@@ -326,13 +326,17 @@ def _compress_once(
     coupled = [i for i, g in enumerate(items) if g.pair is None]
     cut_list: list[tuple[int, torch.Tensor]] = []
     group_how: dict[int, str] = {}
+    group_inputs = None  # every coupled group is chosen on `work` before any is cut
+    if coupled and opts.calibration is not None and opts.choice == "refit":
+        names = [c.name for i in coupled for c in items[i].consumers]
+        group_inputs = LayerRecords(work, opts.calibration, names, output=False)
     for index in coupled:
         assert keeps is not None  # coupled groups are pruned with target= only
         if unit_sets is not None:
             keep = unit_sets[index]
         else:
             keep, group_how[index] = choose_group(
-                opts, work, items[index], keeps[index], scores.get(index), target_of
+                opts, work, items[index], keeps[index], scores.get(index), target_of, group_inputs
             )
         cut_list.append((index, keep))
         if keep.numel() < items[index].width:

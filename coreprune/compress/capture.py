@@ -17,6 +17,7 @@ from coreprune.torch_utils import eval_mode
 __all__ = [
     "MAX_CALIBRATION_ROWS",
     "DenseTargets",
+    "LayerRecords",
     "capture_input",
     "capture_output",
     "dense_target",
@@ -24,7 +25,7 @@ __all__ = [
     "subsample_rows",
 ]
 
-MAX_TARGET_BYTES = 1 << 31  # dense consumer outputs kept from the one dense pass (2 GiB)
+MAX_RECORD_BYTES = 1 << 31  # layer inputs or outputs kept from one forward pass (2 GiB)
 MAX_CALIBRATION_ROWS = 4000  # im2col patches per layer kept for a calibration query space
 _ROW_SEED = 0  # row subsampling uses its own generator, so it never shifts the caller's stream
 
@@ -106,10 +107,66 @@ def dense_target(
     return target.index_select(dim, keep.to(target.device))
 
 
+class LayerRecords:
+    """What layers `names` receive (`output=False`) or return (`output=True`) when `model`
+    runs once on `calibration`: one forward pass for all of them instead of one per layer, up to
+    `max_bytes` (later ones are captured again when asked). Valid while `model` is unchanged."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        calibration: torch.Tensor,
+        names: list[str],
+        *,
+        output: bool,
+        max_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        self.model, self.calibration, self.names = model, calibration, list(dict.fromkeys(names))
+        self.output, self.max_bytes = output, max_bytes
+        self.recorded: dict[str, torch.Tensor] | None = None
+
+    def _record(self) -> dict[str, torch.Tensor]:
+        seen: dict[str, torch.Tensor] = {}
+        used = [0]
+
+        def keep(name: str, value: torch.Tensor) -> None:
+            size = value.numel() * value.element_size()
+            if name not in seen and used[0] + size <= self.max_bytes:
+                seen[name] = value.detach()
+                used[0] += size
+
+        def hook(name: str) -> Any:
+            if self.output:
+                return lambda _m, _a, out: keep(name, out)
+            return lambda _m, args: keep(name, args[0])
+
+        handles = []
+        for name in self.names:
+            layer = self.model.get_submodule(name)
+            if self.output:
+                handles.append(layer.register_forward_hook(hook(name)))
+            else:
+                handles.append(layer.register_forward_pre_hook(hook(name)))
+        try:
+            with eval_mode(self.model, no_grad=True):
+                self.model(self.calibration)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen
+
+    def get(self, name: str) -> torch.Tensor:
+        if self.recorded is None:
+            self.recorded = self._record()
+        value = self.recorded.get(name)
+        if value is None:
+            value = _capture(self.model, name, self.calibration, output=self.output)
+        return value
+
+
 class DenseTargets:
     """The dense model's output of each consumer on the calibration batch: the least-squares
-    targets of every refit, recorded in one forward pass of the dense model instead of one
-    pass per consumer (up to `max_bytes` of outputs; later ones are recomputed when asked).
+    targets of every refit, recorded in one forward pass of the dense model (`LayerRecords`).
 
     `out_keep` is read at call time: a consumer whose own outputs were cut (a coupled group's
     member) gets only its kept outputs, as `dense_target`."""
@@ -120,41 +177,12 @@ class DenseTargets:
         calibration: torch.Tensor,
         names: list[str],
         out_keep: dict[str, torch.Tensor],
-        *,
-        max_bytes: int = MAX_TARGET_BYTES,
     ) -> None:
-        self.dense, self.calibration, self.names = dense, calibration, list(dict.fromkeys(names))
-        self.out_keep, self.max_bytes = out_keep, max_bytes
-        self.recorded: dict[str, torch.Tensor] | None = None
-
-    def _record(self) -> dict[str, torch.Tensor]:
-        seen: dict[str, torch.Tensor] = {}
-        used = [0]
-
-        def hook(name: str) -> Any:
-            def keep(_module: nn.Module, _args: Any, out: torch.Tensor) -> None:
-                size = out.numel() * out.element_size()
-                if name not in seen and used[0] + size <= self.max_bytes:
-                    seen[name] = out.detach()
-                    used[0] += size
-
-            return keep
-
-        handles = [self.dense.get_submodule(n).register_forward_hook(hook(n)) for n in self.names]
-        try:
-            with eval_mode(self.dense, no_grad=True):
-                self.dense(self.calibration)
-        finally:
-            for h in handles:
-                h.remove()
-        return seen
+        self.records = LayerRecords(dense, calibration, names, output=True)
+        self.out_keep = out_keep
 
     def __call__(self, work: nn.Module, name: str) -> torch.Tensor:
-        if self.recorded is None:
-            self.recorded = self._record()
-        target = self.recorded.get(name)
-        if target is None:
-            target = capture_output(self.dense, name, self.calibration)
+        target = self.records.get(name)
         keep = self.out_keep.get(name)
         if keep is None:
             return target

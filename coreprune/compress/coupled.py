@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from coreprune.compress import allocate
 from coreprune.compress.apply import GroupCut, cut_groups
-from coreprune.compress.capture import capture_input
+from coreprune.compress.capture import LayerRecords, capture_input
 from coreprune.compress.choose import (
     GroupScores,
     group_scores,
@@ -103,15 +103,21 @@ def choose_group(
     count: int,
     scores: GroupScores | None,
     target_of: TargetOf | None,
+    inputs: LayerRecords | None = None,
 ) -> tuple[torch.Tensor, str]:
     """A coupled group's kept channels and how they were chosen, on the dense model.
 
     The refit choice runs greedy structured OBS on the summed refit error of the group's
     consumers (whole blocks are needed for grouped convs, so those fall back to the group's
-    root-mean-square scores, and say so); other choices keep the top-scored channels."""
+    root-mean-square scores, and say so); other choices keep the top-scored channels.
+    `inputs` records the consumers' inputs in `work` as it is (all groups are chosen before
+    any is cut, so one forward pass serves them all)."""
     if opts.choice == "refit" and opts.calibration is not None and group.blocks == 1:
         assert target_of is not None
-        sel = group_selection(work, group, count, opts.calibration, target_of, opts.ridge)
+        if inputs is None:
+            names = [c.name for c in group.consumers]
+            inputs = LayerRecords(work, opts.calibration, names, output=False)
+        sel = group_selection(work, group, count, inputs, target_of, opts.ridge)
         if sel is not None:
             return sel.keep, "the summed least-squares refit error of its consumers (greedy OBS)"
     if scores is None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from coreprune.compress.capture import capture_input
+from coreprune.compress.capture import LayerRecords, capture_input
 from coreprune.coreset.refit import RefitProblem, Selection, greedy_selection
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.groups import ChannelGroup, is_grouped
@@ -61,10 +61,10 @@ def selection_rows(rows: int, features: int) -> torch.Tensor | None:
 
 
 def _rows(
-    model: nn.Module, name: str, calibration: torch.Tensor, target: torch.Tensor
+    model: nn.Module, name: str, inputs: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     consumer = model.get_submodule(name)
-    x, y = refit_rows(consumer, capture_input(model, name, calibration), target)
+    x, y = refit_rows(consumer, inputs, target)
     return x, y, getattr(consumer, "bias", None) is not None
 
 
@@ -96,7 +96,8 @@ def pair_selection(
     n = kind.out_units(producer)
     consumer = model.get_submodule(pair.consumer)
     owner = _feature_owner(consumer, n, 0, n)
-    x, y, bias = _rows(model, pair.consumer, calibration, target_of(model, pair.consumer))
+    inputs = capture_input(model, pair.consumer, calibration)
+    x, y, bias = _rows(model, pair.consumer, inputs, target_of(model, pair.consumer))
     sel = greedy_selection([_problem(x, y, owner, ridge, bias)], n, count, alive=alive)
     if sel.fit_rows == x.shape[0]:
         return sel
@@ -112,20 +113,21 @@ def group_selection(
     model: nn.Module,
     group: ChannelGroup,
     count: int,
-    calibration: torch.Tensor,
+    inputs: LayerRecords,
     target_of: TargetOf,
     ridge: float,
 ) -> Selection | None:
     """Greedy structured OBS for a coupled group: the summed refit error of every consumer
-    (each with its own inputs and dense output) decides which channels stay. None when no
-    consumer can be refitted (grouped convs are sliced on both sides, not refitted)."""
+    (each with its own inputs, `inputs`, and dense output) decides which channels stay. None
+    when no consumer can be refitted (grouped convs are sliced on both sides, not refitted)."""
     problems: list[RefitProblem] = []
     for consumer in group.consumers:
         module = model.get_submodule(consumer.name)
         if is_grouped(module):
             continue
         owner = _feature_owner(module, consumer.total, consumer.offset, group.width)
-        x, y, bias = _rows(model, consumer.name, calibration, target_of(model, consumer.name))
+        target = target_of(model, consumer.name)
+        x, y, bias = _rows(model, consumer.name, inputs.get(consumer.name), target)
         problems.append(_problem(x, y, owner, ridge, bias))
     if not problems:
         return None
