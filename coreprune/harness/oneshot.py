@@ -24,9 +24,9 @@ from coreprune.compress import compress
 from coreprune.harness.data import make_loaders
 from coreprune.harness.pretrained import PRETRAINED, load_pretrained
 from coreprune.harness.training import set_seed
-from coreprune.harness.training.batchnorm import recalibrated_copy
 from coreprune.scoring import SCORERS, UnitScorer, make_scorer, needs_data
 from coreprune.torch_utils import eval_mode
+from coreprune.training.batchnorm import recalibrated_copy
 
 __all__ = [
     "DEFAULT_BUDGETS",

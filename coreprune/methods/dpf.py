@@ -52,8 +52,6 @@ from coreprune.compress import (
     count_params,
 )
 from coreprune.compress.cost import removed_fraction
-from coreprune.harness.training import TrainHistory, fit, set_seed
-from coreprune.harness.training.schedules import Schedule
 from coreprune.scoring.masks import layer_names, select_mask
 from coreprune.surgery.graph import PrunablePair, find_prunable_pairs
 from coreprune.torch_utils import (
@@ -62,6 +60,8 @@ from coreprune.torch_utils import (
     module_weight,
     resolve_device,
 )
+from coreprune.training import TrainHistory, fit, set_seed
+from coreprune.training.schedules import Schedule
 
 __all__ = ["DPFHistory", "DPFResult", "MaskUpdate", "cubic_sparsity", "dpf_train"]
 
@@ -183,7 +183,7 @@ def dpf_train(
     structured mode the schedule counts units: pair i masks round(s_t / target * (n_i - k_i)) of
     its n_i units, k_i being compress's final count.
 
-    Training runs through `coreprune.harness.training.fit` (float32, one process): SGD with
+    Training runs through `coreprune.training.fit` (float32, one process): SGD with
     `momentum`, `nesterov`, `weight_decay` (on the dense weights) and `schedule` ("cosine",
     "step" at 50% and 75% of the epochs, or "constant"), set per step; its `step_hook` updates
     the mask and wraps each forward and backward pass in the pruned model. `seed` seeds the

@@ -1,6 +1,6 @@
 """Early-bird tickets: find, during training, the epoch after which the pruning mask stops moving.
 
-Two detectors, both usable as `coreprune.harness.training.fit(..., on_epoch_end=detector)`:
+Two detectors, both usable as `coreprune.training.fit(..., on_epoch_end=detector)`:
 
 - `EarlyBird` (You et al., ICLR 2020, "Drawing Early-Bird Tickets"): the channel mask of the
   batch-norm scales |gamma| at a global quantile; the ticket is drawn once the current mask is
@@ -43,7 +43,7 @@ from coreprune.surgery.graph import PrunablePair, find_prunable_pairs, validate_
 from coreprune.torch_utils import model_device, module_weight
 
 if TYPE_CHECKING:
-    from coreprune.harness.training.history import TrainHistory
+    from coreprune.training.history import TrainHistory
 
 __all__ = [
     "BNScale",

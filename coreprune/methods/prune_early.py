@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader
 
 from coreprune.checks import check_choice, check_fraction, check_int, check_module
 from coreprune.compress import CompressReport, compress
-from coreprune.harness.training import TrainHistory, evaluate, fit, set_seed
 from coreprune.scoring.base import Pruner
 from coreprune.scoring.gradflow import GRADFLOW_MEASURES
 from coreprune.scoring.registry import SCORERS, make_scorer, resolve_method
 from coreprune.surgery.graph import PrunablePair
 from coreprune.torch_utils import eval_mode, model_device
+from coreprune.training import TrainHistory, evaluate, fit, set_seed
 
 __all__ = [
     "EARLY_SCHEDULES",

@@ -17,8 +17,6 @@ from torch.utils.data import DataLoader
 
 from coreprune.checks import check_fraction, check_int, check_module
 from coreprune.compress import PairCut, apply_plan, count_params
-from coreprune.harness.training import fit
-from coreprune.harness.training.history import TrainHistory
 from coreprune.methods.earlybird import (
     EarlyBird,
     SplineEarlyBird,
@@ -27,6 +25,8 @@ from coreprune.methods.earlybird import (
 )
 from coreprune.surgery.graph import PrunablePair
 from coreprune.torch_utils import module_weight
+from coreprune.training import fit
+from coreprune.training.history import TrainHistory
 
 __all__ = ["EarlyBirdResult", "train_early_bird"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-import coreprune.harness.training.checkpoint as checkpoint_module
+import coreprune.training.checkpoint as checkpoint_module
 from coreprune.harness.training import TrainHistory, fit, load_checkpoint, save_checkpoint, set_seed
 
 

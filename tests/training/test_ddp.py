@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from coreprune.harness.data import write_idx
 from coreprune.harness.training import ddp_demo, fit, load_checkpoint
-from coreprune.harness.training.distributed import setup_distributed
+from coreprune.training.distributed import setup_distributed
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

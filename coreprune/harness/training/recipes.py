@@ -12,9 +12,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from coreprune.checks import check_int
-
-from .schedules import Schedule
-from .settings import TrainSettings
+from coreprune.training.schedules import Schedule
+from coreprune.training.settings import TrainSettings
 
 _HE_2016 = (
     "He et al. 2016 (CIFAR-10, sec. 4.2): lr 0.1, momentum 0.9, wd 1e-4, batch 128, lr/10 at "
