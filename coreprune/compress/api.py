@@ -195,13 +195,16 @@ def compress(
             raise ValueError(
                 "with guarantee=, the budget is searched: leave target, eps and steps unset"
             )
-        # coreprune.certify sits above compress (it runs compress); imported at call time.
-        from coreprune.certify.search import certified_compress
-
+        # Certified compression runs compress at each budget, so it lives one layer up
+        # (coreprune.certify); the package root plugs it in (`plug_certified_search`).
+        search = _CERTIFIED_SEARCH.get("search")
+        if search is None:
+            raise RuntimeError(
+                "certified compression is not plugged in: import coreprune (the package root "
+                "plugs in coreprune.certify.certified_compress)"
+            )
         del options["eps"], options["target"]
-        return certified_compress(
-            model, guarantee=guarantee, holdout=holdout, confidence=confidence, **options
-        )
+        return search(model, guarantee=guarantee, holdout=holdout, confidence=confidence, **options)
     steps = check_int(steps, "steps", minimum=1)
     if on_step is not None and not callable(on_step):
         raise TypeError(f"on_step must be a callable (model, step), got {type(on_step).__name__}")
@@ -412,3 +415,16 @@ def _compress_once(
 
 # --------------------------------------------------------------------------------------------
 # Costs in the report
+
+
+# --------------------------------------------------------------------------------------------
+# compress(guarantee=...): the certified search of the layer above, plugged in from there so
+# that compress never imports its caller.
+_CERTIFIED_SEARCH: dict[str, Callable[..., Any]] = {}
+
+
+def plug_certified_search(search: Callable[..., Any]) -> None:
+    """Make `compress(guarantee=..., holdout=...)` run `search` (called as
+    `search(model, guarantee=, holdout=, confidence=, **options)`); the package root plugs in
+    `coreprune.certify.certified_compress`."""
+    _CERTIFIED_SEARCH["search"] = search
