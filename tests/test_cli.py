@@ -370,7 +370,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_help_describes_every_flag_and_shows_its_default() -> None:
-    parser = cli._parser()
+    parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert set(commands) == {"oneshot", "train", "compress", "compare", "report"}
     for name, command in commands.items():

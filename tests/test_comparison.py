@@ -15,7 +15,6 @@ from coreprune.harness.comparison import (
     FIELDS,
     CompareConfig,
     SettingsMismatch,
-    _append,
     markdown_table,
     plot_summary,
     prepare_run_folder,
@@ -25,6 +24,7 @@ from coreprune.harness.comparison import (
     summarize,
     write_summary,
 )
+from coreprune.harness.comparison.results import append_row
 
 
 def test_recalibration_re_estimates_running_stats_on_a_copy() -> None:
@@ -76,7 +76,7 @@ def test_results_written_by_an_older_version_are_rewritten_under_todays_columns(
     path = tmp_path / "results.csv"
     old = list(FIELDS[:5])
     path.write_text(",".join(old) + "\nresnet20,0,coreset,params,0.5\n")
-    _append(path, {"model": "resnet20", "seed": 1, "method": "random", "metric": "macs",
+    append_row(path, {"model": "resnet20", "seed": 1, "method": "random", "metric": "macs",
                    "target": 0.9, "agreement": 0.8})  # fmt: skip
     rows = read_rows(path)
     assert [r["method"] for r in rows] == ["coreset", "random"]
