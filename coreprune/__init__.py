@@ -13,6 +13,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from coreprune._version import __version__ as __version__
 from coreprune.certify import (
     Guarantee,
     HeldOutCertificate,
@@ -85,4 +86,3 @@ __all__ = [
     "measure_error",
     "validate_pairs",
 ]
-__version__ = "0.1.0"
