@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 
 from coreprune.harness.data import Loaders, make_loaders
 from coreprune.harness.evaluation.machine import describe_device
+from coreprune.harness.folders import remove_files
 
 # Files `train` and `compress` write into their run folder (all that --overwrite deletes).
 _RUN_FILES = ("config.json", "metrics.json", "checkpoint.pt", "report.md", "model")
@@ -48,12 +48,7 @@ def check_run_folder(out: Path, a: argparse.Namespace, *, resume: bool) -> None:
 
 def run_dir(out: Path, a: argparse.Namespace, device: torch.device) -> Path:
     if a.overwrite:
-        for name in _RUN_FILES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_files(out, _RUN_FILES)
     out.mkdir(parents=True, exist_ok=True)
     config = _settings(a)
     config.update(machine=describe_device(device), started=time.strftime("%Y-%m-%d %H:%M:%S"))

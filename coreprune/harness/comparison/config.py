@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from coreprune.compress.coupled import resolve_groups
 from coreprune.compress.options import DEFAULT_FLOOR
 from coreprune.harness.data import ImageData, dataset_spec, load_dataset
 from coreprune.harness.evaluation.robustness import DEFAULT_SIGMAS
+from coreprune.harness.folders import remove_files
 from coreprune.harness.models import MODEL_NAMES
 from coreprune.harness.training import (
     build_for_dataset,
@@ -188,12 +188,7 @@ def prepare_run_folder(config: CompareConfig, *, overwrite: bool = False) -> Pat
     recorded_file = out / "config.json"
     has_results = (out / "results.csv").exists() or (out / "dense").exists()
     if overwrite:
-        for name in RUN_FILES:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_files(out, RUN_FILES)
     elif has_results:
         if not recorded_file.exists():
             raise SettingsMismatch(
