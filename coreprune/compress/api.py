@@ -121,7 +121,8 @@ def compress(
         example_input: a batch the model accepts; used for MACs.
         calibration: a batch of model inputs: the query space of each layer's certificate, the
             empirical choice and the least-squares rewiring use it.
-        rank: dimension of each layer's calibration query space (default 8).
+        rank: dimension of each layer's calibration query space (default 8, or one less than a
+            layer's input dimension where that is 8 or fewer; a given rank is never lowered).
         pairs: (producer, consumer) pairs by hand, for models torch.fx cannot trace.
         delta: failure probability of sampled certificates.
         generator: seeds sampling and the random baseline.

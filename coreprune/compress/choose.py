@@ -72,7 +72,7 @@ def restrict(
     producer: Any, norm: Any, consumer: Any, nonzero: torch.Tensor
 ) -> tuple[Any, Any, Any]:
     """The pair without its all-zero units (the same modules when there are none)."""
-    n = producer.weight.shape[0]
+    n = _out_units(producer)
     if nonzero.numel() == n:
         return producer, norm, consumer
     idx = nonzero.to(producer.weight.device)
@@ -81,6 +81,13 @@ def restrict(
         None if norm is None else slice_norm(norm, idx),
         slice_consumer(consumer, n, idx, None),
     )
+
+
+def _out_units(producer: nn.Module) -> int:
+    """The producer's unit count through its registry entry (a Conv1D's weight is (in, out))."""
+    kind = layer_kind(producer)
+    assert kind is not None
+    return kind.out_units(producer)
 
 
 def fast_sensitivities(
@@ -121,6 +128,7 @@ class CoresetChooser:
         calibration: torch.Tensor | None,
         rank: int,
         choice: str,
+        rank_given: bool = True,
         worst_case: bool = True,
         target_of: TargetOf | None = None,
         ridge: float = 1e-4,
@@ -129,6 +137,7 @@ class CoresetChooser:
         self.sensitivity, self.generator = sensitivity, generator
         self.calibration, self.rank, self.choice = calibration, rank, choice
         self.worst_case, self.target_of, self.ridge = worst_case, target_of, ridge
+        self.rank_given = rank_given  # False: the default rank, lowered on narrow inputs
         self.cache: dict[str, tuple[tuple[Any, ...], Sensitivities]] = {}
 
     def query(self, model: nn.Module, pair: PrunablePair) -> QuerySpace | None:
@@ -137,6 +146,14 @@ class CoresetChooser:
             return None
         rows = input_rows(model, pair.producer, self.calibration)
         dim = rows.shape[1]
+        if self.rank >= dim and not self.rank_given:
+            rank = dim - 1  # the default rank, on inputs too narrow for it
+            if rank < 1:
+                raise ValueError(
+                    f"the inputs of {pair.producer!r} have {dim} dimension(s): no calibration "
+                    "query space of lower rank exists; pass worst_case=False or no calibration"
+                )
+            return QuerySpace.from_calibration(rows, rank)
         if self.rank >= dim:
             raise ValueError(
                 f"rank={self.rank} but the inputs of {pair.producer!r} have only {dim} "
@@ -187,7 +204,7 @@ class CoresetChooser:
 
     def choose(self, model: nn.Module, pair: PrunablePair, count: int | None) -> Choice:
         producer, norm, consumer = modules_of(model, pair)
-        n = producer.weight.shape[0]
+        n = _out_units(producer)
         notes: list[str] = []
         nonzero = nonzero_units(producer, norm)
         if nonzero.numel() == 0:
@@ -252,10 +269,7 @@ class CoresetChooser:
         """Greedy structured OBS against the refit; the worst-case certificate of the kept set
         only when asked (`worst_case`): it is vacuous at the budgets users prune to."""
         assert self.calibration is not None and self.target_of is not None
-        full_producer = model.get_submodule(pair.producer)
-        kind = layer_kind(full_producer)
-        assert kind is not None
-        n = kind.out_units(full_producer)
+        n = _out_units(model.get_submodule(pair.producer))
         alive = torch.zeros(n, dtype=torch.bool)
         alive[nonzero] = True
         sel = pair_selection(

@@ -52,6 +52,7 @@ class Options:
     floor: float
     ridge: float
     worst_case: bool = True
+    rank_given: bool = False
 
 
 def _resolve_baseline(method: object, generator: object) -> UnitScorer:
@@ -154,7 +155,7 @@ def check_options(
         metric=metric, rank=DEFAULT_RANK if rank is None else rank, calibration=calib,
         delta=delta_value, generator=generator, sensitivity=sensitivity, pruner=pruner,
         compensate=compensate, choice=choice, floor=floor_value, ridge=ridge_value,
-        worst_case=worst_case,
+        worst_case=worst_case, rank_given=rank is not None,
     )  # fmt: skip
 
 

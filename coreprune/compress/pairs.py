@@ -150,7 +150,8 @@ def make_chooser(opts: Options, target_of: TargetOf | None = None) -> CoresetCho
     return CoresetChooser(
         mode=opts.mode, eps=opts.eps, delta=opts.delta, sensitivity=opts.sensitivity,
         generator=opts.generator, calibration=opts.calibration, rank=opts.rank,
-        choice=opts.choice, worst_case=opts.worst_case, target_of=target_of, ridge=opts.ridge,
+        choice=opts.choice, rank_given=opts.rank_given, worst_case=opts.worst_case,
+        target_of=target_of, ridge=opts.ridge,
     )  # fmt: skip
 
 

@@ -21,12 +21,15 @@ Norm = nn.BatchNorm1d | nn.BatchNorm2d
 def check_producer(layer: object, name: str = "layer") -> Producer:
     """Accept a supported layer (see `coreprune.surgery.registry`) with finite weights."""
     if layer_kind(layer) is None:
-        raise TypeError(f"{name} must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+        raise TypeError(
+            f"{name} must be nn.Linear, nn.Conv2d or HF-style Conv1D, got {type(layer).__name__}"
+        )
     reason = unsupported_reason(layer)
     if reason is not None:
         raise ValueError(f"{name} is {reason}")
-    assert isinstance(layer, (nn.Linear, nn.Conv2d))
+    assert isinstance(layer, nn.Module)  # the registry knows it: Linear, Conv2d or HF Conv1D
     weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
     if weight.is_complex():
         raise TypeError(
             f"{name} has complex weights ({weight.dtype}); certificates are for real layers"
@@ -41,7 +44,7 @@ def check_producer(layer: object, name: str = "layer") -> Producer:
     if kind.out_units(layer) == 0:
         raise ValueError(f"{name} has no units (shape {tuple(weight.shape)}); nothing to prune")
     _check_finite(layer, name)
-    return layer
+    return layer  # type: ignore[return-value]  # a Conv1D is read through the registry like a Linear
 
 
 def check_consumer(

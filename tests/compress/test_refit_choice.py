@@ -165,3 +165,21 @@ def test_an_eps_that_removes_nothing_says_why() -> None:
     result = coreset_prune(nn.Linear(10, 20), 0.01)
     assert result.keep.numel() == 20
     assert any("nothing removed" in c for c in result.certificate.caveats)
+
+
+def test_conv1d_producers_get_the_linear_certificate() -> None:
+    """An HF-style Conv1D producer (weight stored (in, out)) is certified exactly as the
+    equivalent Linear: the same sensitivities, kept units and eps, through the registry."""
+    from tests.surgery.test_transformer import Conv1D
+
+    torch.manual_seed(0)
+    conv1d, nxt = Conv1D(16, 6), nn.Linear(16, 3)
+    linear = nn.Linear(6, 16)
+    with torch.no_grad():
+        linear.weight.copy_(conv1d.weight.T)
+        linear.bias.copy_(conv1d.bias)
+    a = coreset_prune(conv1d, nxt, keep=8, sensitivity="leverage")
+    b = coreset_prune(linear, nxt, keep=8, sensitivity="leverage")
+    assert torch.equal(a.keep, b.keep)
+    assert torch.allclose(a.sensitivity, b.sensitivity)
+    assert a.certificate.eps == pytest.approx(b.certificate.eps)

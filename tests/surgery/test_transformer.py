@@ -268,19 +268,12 @@ def _check_result(model: nn.Module, result: coreprune.CompressResult, x: torch.T
 
 LINEAR_VARIANTS = [v for v in VARIANTS if not v["conv1d"]]
 CONV1D_VARIANTS = [v for v in VARIANTS if v["conv1d"]]
-_CONV1D_IN_CHOOSE = pytest.mark.xfail(
-    strict=True,
-    raises=(IndexError, AssertionError, RuntimeError, ValueError),
-    reason="compress/choose.py (restrict, choose) reads a producer's units as weight.shape[0] "
-    "(Conv1D: weight.shape[1]); the registry's out_units is the count",
-)
 
 
 @pytest.mark.parametrize(
     ("variant", "method"),
     [
-        *((v, "coreset") for v in LINEAR_VARIANTS),
-        *(pytest.param(v, "coreset", marks=_CONV1D_IN_CHOOSE) for v in CONV1D_VARIANTS),
+        *((v, "coreset") for v in VARIANTS),
         *((v, "magnitude") for v in VARIANTS),
     ],
     ids=str,
@@ -349,7 +342,7 @@ def test_default_calibrated_choice_on_token_activations(variant: dict) -> None:
 
 @pytest.mark.parametrize(
     "variant",
-    [*LINEAR_VARIANTS, *(pytest.param(v, marks=_CONV1D_IN_CHOOSE) for v in CONV1D_VARIANTS)],
+    VARIANTS,
     ids=str,
 )
 def test_certified_choice_with_calibration_on_token_activations(variant: dict) -> None:
