@@ -402,8 +402,22 @@ def _compress_once(
         prunable_params_before=params_of(dense_modules, prunable),
         prunable_params_after=params_of(after_modules, prunable),
         macs_before=macs_before, macs_after=macs_after, seconds=time.perf_counter() - start,
+        advice=_advice(work, opts.calibration is not None),
     )  # fmt: skip
     return CompressResult(work, report)
+
+
+BN_ADVICE = (
+    "the model has batch norm and was pruned without calibration data: its running statistics "
+    "still describe the dense network, which can drop accuracy to near chance; re-estimate them "
+    "on a few training batches (coreprune.training.recalibrated_copy) before evaluating"
+)
+
+
+def _advice(model: nn.Module, calibrated: bool) -> tuple[str, ...]:
+    """What to do next that the report can tell from the run (docs/api.md, batch norm)."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return (BN_ADVICE,) if has_bn and not calibrated else ()
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,6 +91,8 @@ class CompressReport(Sequence[LayerRow]):
     seconds: float
     # compress(..., steps=n): every step, in order (empty for a one-step compression).
     steps: tuple[CompressStep, ...] = ()
+    # what the user should do next, e.g. re-estimate batch norm after data-free pruning
+    advice: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -173,6 +175,7 @@ class CompressReport(Sequence[LayerRow]):
                 f"({100 * (self.macs_removed or 0.0):.2f}% removed)"
             )
         lines.append(f"- wall time: {self.seconds:.2f} s")
+        lines += [f"- advice: {text}" for text in self.advice]
         if self.steps:
             lines.append(f"- steps ({len(self.steps)}):")
             lines += [f"  - {s.describe()}" for s in self.steps]
