@@ -15,8 +15,8 @@ outputs, one column c per head channel) and weight W:
 - "flap": FLAP's fluctuation summed over the head's channels, sum_c Var(X_c) ||W_:,c||^2 (its
   head score); with compensate="bias", FLAP's bias compensation of the removed heads' means;
 - "refit": greedy backward selection by the least-squares refit error: drop, one at a time, the
-  head whose removal leaves the smallest residual ||T - A_S W_S|| after refitting (the refit-
-  based choice of docs/theory.md for coupled head groups; exact for each step);
+  head whose removal leaves the smallest residual ||T - A_S W_S|| after refitting (a kept set
+  judged by what the refit can do with it, not by any head's share of the dense output);
 - "random": a seeded random choice.
 """
 
@@ -34,6 +34,7 @@ from coreprune.compress.capture import capture_input, capture_output
 from coreprune.surgery.attention import (
     AttentionHeads,
     HeadAttention,
+    check_heads,
     find_attention_heads,
     head_columns,
     prune_heads,
@@ -235,6 +236,8 @@ def prune_attention_heads(
     found = list(find_attention_heads(model) if specs is None else specs)
     if not found:
         raise ValueError("no attention module found; pass specs=[AttentionHeads.fused(...)]")
+    for spec in found:
+        check_heads(model, spec)
     dense, current = as_head_attention(model, found)
     work = copy.deepcopy(dense)
     keeps: list[torch.Tensor] = []

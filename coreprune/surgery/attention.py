@@ -38,6 +38,7 @@ from coreprune.torch_utils import replace_submodule
 __all__ = [
     "AttentionHeads",
     "HeadAttention",
+    "check_heads",
     "find_attention_heads",
     "head_columns",
     "head_rows",
@@ -252,8 +253,8 @@ def _check_keep(spec: AttentionHeads, heads: object) -> torch.Tensor:
     return keep.sort().values
 
 
-def _check_spec(model: nn.Module, spec: AttentionHeads) -> None:
-    """The named layers exist and have the widths the spec says."""
+def check_heads(model: nn.Module, spec: AttentionHeads) -> None:
+    """Raise unless the spec's layers exist in `model` with the widths it says."""
     if not isinstance(spec, AttentionHeads):
         raise TypeError(f"spec must be an AttentionHeads, got {type(spec).__name__}")
     if spec.layout not in LAYOUTS:
@@ -356,7 +357,7 @@ def prune_heads(
         raise ValueError(f"got {len(specs)} attention specs but {len(keeps)} keeps; one each")
     checked = []
     for spec, heads in zip(specs, keeps, strict=True):
-        _check_spec(model, spec)
+        check_heads(model, spec)
         checked.append(_check_keep(spec, heads))
     work = copy.deepcopy(model)
     for spec, keep in zip(specs, checked, strict=True):

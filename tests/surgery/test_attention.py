@@ -210,6 +210,10 @@ def test_bad_input_is_refused_before_any_work() -> None:
         prune_heads(model, specs, [[0]])
     with pytest.raises(ValueError, match="outputs"):
         prune_heads(model, [AttentionHeads.fused("blocks.0.attn", 2, HEAD_DIM)], [[0]])
+    with pytest.raises(ValueError, match="outputs"):  # checked before any work, at any budget
+        prune_attention_heads(
+            model, 0.1, specs=[AttentionHeads.fused("blocks.0.attn", 2, HEAD_DIM)]
+        )
     with pytest.raises(ValueError, match="no attention module"):
         prune_attention_heads(nn.Sequential(nn.Linear(2, 2)), 0.5)
 
