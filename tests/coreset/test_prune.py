@@ -151,7 +151,7 @@ def test_bad_requests_are_refused_by_name(pair, kwargs: dict, error: type, match
 
 
 def test_bad_modules_are_refused() -> None:
-    with pytest.raises(TypeError, match=r"layer must be nn\.Linear or nn\.Conv2d"):
+    with pytest.raises(TypeError, match=r"layer must be nn\.Linear, nn\.Conv2d or HF-style Conv1D"):
         coreset_prune(nn.Conv1d(2, 3, 1), eps=0.1, mode="sample")
     with pytest.raises(ValueError, match="grouped"):
         coreset_prune(nn.Conv2d(4, 4, 3, groups=2), eps=0.1, mode="sample")
