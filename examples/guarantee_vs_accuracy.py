@@ -161,7 +161,8 @@ def compress_options(
 ) -> dict[str, Any]:
     options: dict[str, Any] = {"method": method, "progress": False}
     if method == "coreset" and calibration is not None:
-        options["calibration"] = calibration
+        # the worst-case eps is what this example sets beside the held-out bounds
+        options.update(calibration=calibration, worst_case=True)
     if method == "random":
         options["generator"] = torch.Generator().manual_seed(args.seed)
     return options

@@ -64,9 +64,19 @@ CASES: list[tuple[str, Callable[[], object], type[Exception], str]] = [
     # coreset_prune: the layer pair
     ("nan_in_a_filter", _prune(layer=_nan_filter()), ValueError, "contains NaN or Inf"),
     ("nan_in_a_conv_filter", _prune(layer=_nan_conv()), ValueError, "contains NaN or Inf"),
-    ("conv1d_layer", _prune(layer=nn.Conv1d(3, 5, 1)), TypeError, "nn.Linear, nn.Conv2d or HF-style Conv1D"),
+    (
+        "conv1d_layer",
+        _prune(layer=nn.Conv1d(3, 5, 1)),
+        TypeError,
+        "nn.Linear, nn.Conv2d or HF-style Conv1D",
+    ),
     ("grouped_conv", _prune(layer=nn.Conv2d(4, 4, 3, groups=2)), ValueError, "groups=2"),
-    ("not_a_module", _prune(layer=torch.randn(5, 3)), TypeError, "nn.Linear, nn.Conv2d or HF-style Conv1D"),
+    (
+        "not_a_module",
+        _prune(layer=torch.randn(5, 3)),
+        TypeError,
+        "nn.Linear, nn.Conv2d or HF-style Conv1D",
+    ),
     (
         "next_layer_wrong_width",
         _prune(next_layer=nn.Linear(7, 2)),

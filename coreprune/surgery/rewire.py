@@ -541,7 +541,9 @@ def refit_rows(
         )
     weight = consumer.weight
     assert isinstance(weight, torch.Tensor)
-    width, outs = (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
+    width, outs = (
+        (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
+    )
     return _linear_rows(width, outs, inputs.detach(), dense_outputs.detach(), max_rows)
 
 
@@ -556,7 +558,9 @@ def with_fitted_weights(
     assert isinstance(w, torch.Tensor)
     fitted = weight if conv1d else weight.T  # Conv1D stores (inputs, outputs)
     if fitted.numel() != w.numel():
-        raise ValueError(f"a fit of shape {tuple(weight.shape)} does not fit weight {tuple(w.shape)}")
+        raise ValueError(
+            f"a fit of shape {tuple(weight.shape)} does not fit weight {tuple(w.shape)}"
+        )
     new_weight, new_bias = new.weight, getattr(new, "bias", None)
     assert isinstance(new_weight, torch.Tensor)
     with torch.no_grad():
