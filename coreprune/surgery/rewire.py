@@ -20,7 +20,6 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -499,23 +498,10 @@ def refit_consumer(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be a positive int, got {max_rows!r}")
-    layer: Any = consumer  # nn.Linear, nn.Conv2d or an HF Conv1D, checked above
-    if isinstance(layer, nn.Conv2d):
-        x, y = _conv_rows(layer, pruned_inputs.detach(), dense_outputs.detach(), max_rows)
-    else:
-        width, outs = layer.weight.shape if conv1d else (layer.in_features, layer.out_features)
-        x, y = _linear_rows(
-            int(width), int(outs), pruned_inputs.detach(), dense_outputs.detach(), max_rows
-        )
-    has_bias = layer.bias is not None
+    x, y = refit_rows(consumer, pruned_inputs, dense_outputs, max_rows=max_rows)
+    has_bias = getattr(consumer, "bias", None) is not None
     fit = lstsq_weights(x, y, ridge=ridge, bias=has_bias)
-    new = copy.deepcopy(layer)
-    w = layer.weight
-    fitted = fit.weight if conv1d else fit.weight.T  # Conv1D stores (inputs, outputs)
-    with torch.no_grad():
-        new.weight.copy_(fitted.reshape(w.shape).to(dtype=w.dtype, device=w.device))
-        if has_bias and fit.bias is not None and new.bias is not None:
-            new.bias.copy_(fit.bias.to(dtype=new.bias.dtype, device=new.bias.device))
+    new = with_fitted_weights(consumer, fit.weight, fit.bias)
     return new, fit
 
 
