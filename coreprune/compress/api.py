@@ -316,10 +316,17 @@ def _compress_once(
     steps_of = [math.lcm(round_to, g.blocks) for g in items]  # grouped convs: whole blocks
     floors = allocate.floors_for(units, opts.floor, steps_of)
     out_keep: dict[str, torch.Tensor] = {}  # outputs of consumers cut as coupled-group members
-    target_of = None
+    target_of, records = None, None
     if opts.calibration is not None:
+        # one pass of the dense model: every consumer's output (the refits' targets) and, for
+        # the refit choice, the inputs of coupled groups' consumers (chosen before any cut)
         consumers = [c.name for g in items for c in g.consumers]
-        target_of = DenseTargets(dense, opts.calibration, consumers, out_keep)
+        group_consumers = [c.name for g in items if g.pair is None for c in g.consumers]
+        records = LayerRecords(
+            dense, opts.calibration, outputs=consumers,
+            inputs=group_consumers if opts.choice == "refit" else [],
+        )  # fmt: skip
+        target_of = DenseTargets(records, out_keep)
     chooser = make_chooser(opts, target_of)
     scores = coupled_scores(opts, work, items, progress)
     refine = groups and pairs is None  # with groups: kept counts land just above the target
@@ -330,17 +337,13 @@ def _compress_once(
     coupled = [i for i, g in enumerate(items) if g.pair is None]
     cut_list: list[tuple[int, torch.Tensor]] = []
     group_how: dict[int, str] = {}
-    group_inputs = None  # every coupled group is chosen on `work` before any is cut
-    if coupled and opts.calibration is not None and opts.choice == "refit":
-        names = [c.name for i in coupled for c in items[i].consumers]
-        group_inputs = LayerRecords(work, opts.calibration, names, output=False)
     for index in coupled:
         assert keeps is not None  # coupled groups are pruned with target= only
         if unit_sets is not None:
             keep = unit_sets[index]
         else:
             keep, group_how[index] = choose_group(
-                opts, work, items[index], keeps[index], scores.get(index), target_of, group_inputs
+                opts, work, items[index], keeps[index], scores.get(index), target_of, records
             )
         cut_list.append((index, keep))
         if keep.numel() < items[index].width:

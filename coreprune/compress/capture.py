@@ -6,6 +6,7 @@ layer has been called, so nothing after it runs. The model is only read.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -108,45 +109,46 @@ def dense_target(
 
 
 class LayerRecords:
-    """What layers `names` receive (`output=False`) or return (`output=True`) when `model`
-    runs once on `calibration`: one forward pass for all of them instead of one per layer, up to
-    `max_bytes` (later ones are captured again when asked). Valid while `model` is unchanged."""
+    """What layers receive (`inputs`) and return (`outputs`) when `model` runs once on
+    `calibration`: one forward pass for all of them instead of one per layer, up to `max_bytes`
+    (later ones are captured again when asked). Valid while `model` is unchanged."""
 
     def __init__(
         self,
         model: nn.Module,
         calibration: torch.Tensor,
-        names: list[str],
         *,
-        output: bool,
+        inputs: Sequence[str] = (),
+        outputs: Sequence[str] = (),
         max_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
-        self.model, self.calibration, self.names = model, calibration, list(dict.fromkeys(names))
-        self.output, self.max_bytes = output, max_bytes
-        self.recorded: dict[str, torch.Tensor] | None = None
+        self.model, self.calibration, self.max_bytes = model, calibration, max_bytes
+        self.names = {False: list(dict.fromkeys(inputs)), True: list(dict.fromkeys(outputs))}
+        self.recorded: dict[tuple[bool, str], torch.Tensor] | None = None
 
-    def _record(self) -> dict[str, torch.Tensor]:
-        seen: dict[str, torch.Tensor] = {}
+    def _record(self) -> dict[tuple[bool, str], torch.Tensor]:
+        seen: dict[tuple[bool, str], torch.Tensor] = {}
+        held: dict[int, torch.Tensor] = {}  # a tensor several layers read counts once (kept alive)
         used = [0]
 
-        def keep(name: str, value: torch.Tensor) -> None:
-            size = value.numel() * value.element_size()
-            if name not in seen and used[0] + size <= self.max_bytes:
-                seen[name] = value.detach()
+        def keep(key: tuple[bool, str], value: torch.Tensor) -> None:
+            size = 0 if id(value) in held else value.numel() * value.element_size()
+            if key not in seen and used[0] + size <= self.max_bytes:
+                seen[key] = value.detach()
+                held[id(value)] = value
                 used[0] += size
 
-        def hook(name: str) -> Any:
-            if self.output:
-                return lambda _m, _a, out: keep(name, out)
-            return lambda _m, args: keep(name, args[0])
-
         handles = []
-        for name in self.names:
+        for name in self.names[False]:
             layer = self.model.get_submodule(name)
-            if self.output:
-                handles.append(layer.register_forward_hook(hook(name)))
-            else:
-                handles.append(layer.register_forward_pre_hook(hook(name)))
+            handles.append(
+                layer.register_forward_pre_hook(lambda _m, a, n=name: keep((False, n), a[0]))
+            )
+        for name in self.names[True]:
+            layer = self.model.get_submodule(name)
+            handles.append(
+                layer.register_forward_hook(lambda _m, _a, out, n=name: keep((True, n), out))
+            )
         try:
             with eval_mode(self.model, no_grad=True):
                 self.model(self.calibration)
@@ -155,13 +157,21 @@ class LayerRecords:
                 h.remove()
         return seen
 
-    def get(self, name: str) -> torch.Tensor:
+    def _get(self, name: str, output: bool) -> torch.Tensor:
         if self.recorded is None:
             self.recorded = self._record()
-        value = self.recorded.get(name)
+        value = self.recorded.get((output, name))
         if value is None:
-            value = _capture(self.model, name, self.calibration, output=self.output)
+            value = _capture(self.model, name, self.calibration, output=output)
         return value
+
+    def input(self, name: str) -> torch.Tensor:
+        """What layer `name` received."""
+        return self._get(name, output=False)
+
+    def output(self, name: str) -> torch.Tensor:
+        """What layer `name` returned."""
+        return self._get(name, output=True)
 
 
 class DenseTargets:
@@ -171,18 +181,11 @@ class DenseTargets:
     `out_keep` is read at call time: a consumer whose own outputs were cut (a coupled group's
     member) gets only its kept outputs, as `dense_target`."""
 
-    def __init__(
-        self,
-        dense: nn.Module,
-        calibration: torch.Tensor,
-        names: list[str],
-        out_keep: dict[str, torch.Tensor],
-    ) -> None:
-        self.records = LayerRecords(dense, calibration, names, output=True)
-        self.out_keep = out_keep
+    def __init__(self, records: LayerRecords, out_keep: dict[str, torch.Tensor]) -> None:
+        self.records, self.out_keep = records, out_keep
 
     def __call__(self, work: nn.Module, name: str) -> torch.Tensor:
-        target = self.records.get(name)
+        target = self.records.output(name)
         keep = self.out_keep.get(name)
         if keep is None:
             return target

@@ -110,13 +110,13 @@ def choose_group(
     The refit choice runs greedy structured OBS on the summed refit error of the group's
     consumers (whole blocks are needed for grouped convs, so those fall back to the group's
     root-mean-square scores, and say so); other choices keep the top-scored channels.
-    `inputs` records the consumers' inputs in `work` as it is (all groups are chosen before
-    any is cut, so one forward pass serves them all)."""
+    `inputs` records the consumers' inputs in `work` as it is, or in the dense model it still
+    equals (all groups are chosen before any is cut, so one forward pass serves them all)."""
     if opts.choice == "refit" and opts.calibration is not None and group.blocks == 1:
         assert target_of is not None
         if inputs is None:
             names = [c.name for c in group.consumers]
-            inputs = LayerRecords(work, opts.calibration, names, output=False)
+            inputs = LayerRecords(work, opts.calibration, inputs=names)
         sel = group_selection(work, group, count, inputs, target_of, opts.ridge)
         if sel is not None:
             return sel.keep, "the summed least-squares refit error of its consumers (greedy OBS)"

@@ -127,7 +127,7 @@ def group_selection(
             continue
         owner = _feature_owner(module, consumer.total, consumer.offset, group.width)
         target = target_of(model, consumer.name)
-        x, y, bias = _rows(model, consumer.name, inputs.get(consumer.name), target)
+        x, y, bias = _rows(model, consumer.name, inputs.input(consumer.name), target)
         problems.append(_problem(x, y, owner, ridge, bias))
     if not problems:
         return None
