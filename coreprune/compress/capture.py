@@ -21,7 +21,6 @@ __all__ = [
     "LayerRecords",
     "capture_input",
     "capture_output",
-    "dense_target",
     "input_rows",
     "subsample_rows",
 ]
@@ -87,25 +86,6 @@ def input_rows(model: nn.Module, name: str, inputs: torch.Tensor) -> torch.Tenso
     x = capture_input(model, name, inputs)
     rows = conv_patches(x, layer) if isinstance(layer, nn.Conv2d) else x.reshape(-1, x.shape[-1])
     return subsample_rows(rows)
-
-
-def dense_target(
-    dense: nn.Module,
-    work: nn.Module,
-    name: str,
-    calibration: torch.Tensor,
-    out_keep: dict[str, torch.Tensor],
-) -> torch.Tensor:
-    """The dense model's output of consumer `name` on `calibration`: the least-squares target.
-
-    `out_keep` names consumers whose own outputs were cut (a coupled group's member): their
-    target is restricted to the kept outputs."""
-    target = capture_output(dense, name, calibration)
-    keep = out_keep.get(name)
-    if keep is None:
-        return target
-    dim = 1 if isinstance(work.get_submodule(name), nn.Conv2d) else target.ndim - 1
-    return target.index_select(dim, keep.to(target.device))
 
 
 class LayerRecords:
@@ -179,7 +159,7 @@ class DenseTargets:
     targets of every refit, recorded in one forward pass of the dense model (`LayerRecords`).
 
     `out_keep` is read at call time: a consumer whose own outputs were cut (a coupled group's
-    member) gets only its kept outputs, as `dense_target`."""
+    member) gets only its kept outputs."""
 
     def __init__(self, records: LayerRecords, out_keep: dict[str, torch.Tensor]) -> None:
         self.records, self.out_keep = records, out_keep

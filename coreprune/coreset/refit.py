@@ -216,7 +216,7 @@ def greedy_selection(
         if int(p.owner.max()) >= units:
             raise ValueError(f"a problem's owner names unit {int(p.owner.max())} >= {units}")
     mask = torch.ones(units, dtype=torch.bool) if alive is None else alive.cpu().clone()
-    states = [_State.start(p, units) for p in problems]
+    states = [_State.start(p) for p in problems]
     if not bool(mask.all()):
         for s in states:
             s.remove(torch.nonzero(~mask).flatten())
@@ -296,7 +296,7 @@ class _State:
         self.problem, self.cols, self.w, self.inv = problem, cols, w, inv
 
     @staticmethod
-    def start(problem: RefitProblem, units: int) -> _State:
+    def start(problem: RefitProblem) -> _State:
         cols = torch.arange(problem.features, device=problem.gram.device)
         inv = torch.cholesky_inverse(_ridge_cholesky(problem.gram, problem.absolute_ridge(cols)))
         w = inv @ problem.cross
