@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from coreprune.checks import check_int
+
 Holdout = DataLoader | tuple[torch.Tensor, torch.Tensor] | Sequence[torch.Tensor]
 
 DEFAULT_BATCH_SIZE = 1024
@@ -45,11 +47,9 @@ def check_confidence(confidence: object) -> float:
 
 
 def check_batch_size(batch_size: object) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return batch_size
+    """`batch_size` as an int >= 1; the library's one int check (`coreprune.checks.check_int`),
+    so the certificates word a bad batch size as every other count is worded."""
+    return check_int(batch_size, "batch_size", minimum=1)
 
 
 @dataclass(frozen=True)

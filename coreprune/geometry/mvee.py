@@ -49,6 +49,7 @@ import torch
 from scipy.linalg import blas
 from torch import Tensor
 
+from coreprune.checks import check_int
 from coreprune.geometry._validate import check_points, check_positive
 from coreprune.geometry.affine import svd_coordinates
 from coreprune.geometry.ellipsoid import Ellipsoid
@@ -84,14 +85,6 @@ def _one_torch_thread(active: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _check_max_iter(max_iter: object) -> int:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int):
-        raise TypeError(f"max_iter must be an int, got {type(max_iter).__name__}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    return max_iter
 
 
 def kumar_yildirim_support(z: Tensor, centered: bool, *, use_lu: bool = True) -> Tensor:
@@ -372,7 +365,7 @@ def mvee(
     tol = check_positive(tol, "tol")
     if tol >= 1.0:
         raise ValueError(f"tol must be < 1 (a relative tolerance), got {tol}")
-    max_iter = _check_max_iter(max_iter)
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
     if not isinstance(centered, bool):
         raise TypeError(f"centered must be a bool, got {type(centered).__name__}")
     with _one_torch_thread(x.device.type == "cpu"):

@@ -28,6 +28,7 @@ per-layer widths, so the comparison is matched (docs/baselines.md).
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -158,9 +159,15 @@ def _per_unit(consumer: nn.Module, n: int, feature: torch.Tensor, power: int) ->
 
 
 class _ActivationScorer(UnitScorer):
-    """Shared calibration handling: `data` gives the inputs, `samples` how many are used."""
+    """Shared calibration handling (`data` gives the inputs, `samples` how many are used) and the
+    one structured score both papers' forms are: S_j = sum_i |W_ij|^power * feature(X)_j.
+
+    A subclass names its input statistic (`feature`) and the power of the weights (`power`);
+    recording the inputs and summing over the weights reading each unit are the same for both.
+    """
 
     needs_data: ClassVar[bool] = True
+    power: ClassVar[int]
 
     def __init__(
         self, data: object = None, *, samples: int | None = DEFAULT_SAMPLES, batch_size: int = 128
@@ -175,9 +182,19 @@ class _ActivationScorer(UnitScorer):
         self.samples = samples
         self.inputs = calibration_inputs(data, samples, who)
 
-    def stats(self, model: nn.Module, gates: UnitGates) -> list[FeatureStats]:
+    @abstractmethod
+    def feature(self, stats: FeatureStats) -> torch.Tensor:
+        """The per-feature statistic of a consumer's input that weighs its weights."""
+
+    def unit_scores(
+        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
+    ) -> list[torch.Tensor]:
         with gates:
-            return _record(model, gates.consumers, self.inputs, self.batch_size)
+            stats = _record(model, gates.consumers, self.inputs, self.batch_size)
+        return [
+            _per_unit(c, gates.units(i), self.feature(s), self.power).cpu()
+            for i, (c, s) in enumerate(zip(gates.consumers, stats, strict=True))
+        ]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(samples={self.samples}, batch_size={self.batch_size})"
@@ -188,15 +205,10 @@ class Wanda(_ActivationScorer, Pruner):
     Wanda itself: |W_ij| * ||X_j||_2 for the layer's own input feature j."""
 
     name: ClassVar[str] = "wanda"
+    power: ClassVar[int] = 1
 
-    def unit_scores(
-        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        stats = self.stats(model, gates)
-        return [
-            _per_unit(c, gates.units(i), s.norm(), 1).cpu()
-            for i, (c, s) in enumerate(zip(gates.consumers, stats, strict=True))
-        ]
+    def feature(self, stats: FeatureStats) -> torch.Tensor:
+        return stats.norm()
 
     def weight_scores(
         self, model: nn.Module, names: Sequence[str], example_input: torch.Tensor | None
@@ -225,15 +237,10 @@ class FLAP(_ActivationScorer):
     with `compensate_bias` for FLAP's bias compensation."""
 
     name: ClassVar[str] = "flap"
+    power: ClassVar[int] = 2
 
-    def unit_scores(
-        self, model: nn.Module, gates: UnitGates, example_input: torch.Tensor | None
-    ) -> list[torch.Tensor]:
-        stats = self.stats(model, gates)
-        return [
-            _per_unit(c, gates.units(i), s.variance(), 2).cpu()
-            for i, (c, s) in enumerate(zip(gates.consumers, stats, strict=True))
-        ]
+    def feature(self, stats: FeatureStats) -> torch.Tensor:
+        return stats.variance()
 
 
 def compensate_bias(
