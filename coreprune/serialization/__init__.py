@@ -2,7 +2,7 @@
 
 A pruned model has the structure of its unpruned base architecture; only the sizes of some
 tensors (and the size attributes that describe them, such as `out_features`) differ. So the spec
-names how to rebuild the base (a `coreprune.harness.models` name, or a `factory=` the caller
+names how to rebuild the base (a `coreprune.zoo` name, or a `factory=` the caller
 passes when loading) and records, for every module that holds tensors or size attributes, its
 class name, its size attributes (`SIZE_ATTRIBUTES`) and the shape and dtype of each parameter
 and buffer. Any architecture works: Linear, Conv, BatchNorm, LayerNorm, GroupNorm, Embedding,

@@ -33,6 +33,7 @@ from coreprune.serialization.verify import (
     _read_header,
     _read_spec,
 )
+from coreprune.zoo import MODEL_NAMES, build_model
 
 
 def load_model(
@@ -44,7 +45,7 @@ def load_model(
     Args:
         path: a directory written by `save_model`.
         factory: a zero-argument callable returning the unpruned base architecture. Needed
-            unless the model was saved with a `coreprune.harness.models` name (`arch=`). It is
+            unless the model was saved with a `coreprune.zoo` name (`arch=`). It is
             first called under `torch.device("meta")` so no dense weights are allocated; if that
             fails, or leaves tensors the file does not restore (plain tensor attributes), it is
             called again normally.
@@ -123,9 +124,6 @@ def _builder(
     hint = "pass factory=, a zero-argument callable that returns the unpruned model"
     if arch is None:
         raise ValueError(f"{str(spec_file)!r} was saved without arch=; {hint}")
-    # Lazy: the model zoo sits above this module and is needed only for its own names.
-    from coreprune.harness.models import MODEL_NAMES, build_model
-
     if arch.lower() not in MODEL_NAMES:
         raise ValueError(
             f"{str(spec_file)!r} names architecture {arch!r}, which is not a coreprune model "

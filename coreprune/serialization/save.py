@@ -39,7 +39,7 @@ def save_model(
     Args:
         model: the (pruned) model; it is not modified. Its tensors may live on any real device.
         path: a directory; `architecture.json` and `weights.safetensors` are written into it.
-        arch: a `coreprune.harness.models` name whose `build_model(arch, **arch_kwargs)` is the
+        arch: a `coreprune.zoo` name whose `build_model(arch, **arch_kwargs)` is the
             unpruned base, so `load_model(path)` needs no `factory=`. Leave None for any other
             architecture; loading then needs `factory=`.
         arch_kwargs: JSON-serialisable constructor arguments for `arch`.

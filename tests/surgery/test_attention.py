@@ -11,7 +11,6 @@ from torch import nn
 import coreprune
 from coreprune.compress import count_macs, count_params
 from coreprune.compress.heads import prune_attention_heads
-from coreprune.harness.models.vit import ViT
 from coreprune.surgery.attention import (
     AttentionHeads,
     HeadAttention,
@@ -20,6 +19,7 @@ from coreprune.surgery.attention import (
     prune_heads,
 )
 from coreprune.surgery.graph import find_prunable_pairs
+from coreprune.zoo.vit import ViT
 
 DIM, HEADS, HEAD_DIM, DEPTH = 16, 4, 4, 2
 
