@@ -5,7 +5,7 @@ what no layer may import from above. `compress(guarantee=...)` runs `certified_c
 lives in `coreprune.certify`, one layer above compress: it is plugged in here. And
 `coreprune.compress` and `coreprune.certify` are both packages and their main functions: calling
 the package calls its function of the same name (`coreprune.compress(model, ...)` is
-`coreprune.compress.compress(model, ...)`), while `coreprune.compress.choose` stays a module.
+`coreprune.compress.compress(model, ...)`), while `coreprune.compress.choosers` stays a package.
 """
 
 import inspect

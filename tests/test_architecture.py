@@ -151,11 +151,11 @@ def test_library_modules_stay_short() -> None:
 def test_packages_named_like_functions_import_as_packages() -> None:
     # In a fresh interpreter: each form once failed while coreprune.compress was the function.
     code = """
-import coreprune.compress.choose as a
+import coreprune.compress.choosers.coreset as a
 import coreprune.certify.heldout as b
-from coreprune.compress import choose as c
+from coreprune.compress.choosers import coreset as c
 import coreprune.compress.refit_choice
-assert a is c and a.__name__ == "coreprune.compress.choose"
+assert a is c and a.__name__ == "coreprune.compress.choosers.coreset"
 assert b.__name__ == "coreprune.certify.heldout"
 assert coreprune.compress.refit_choice.__name__ == "coreprune.compress.refit_choice"
 """

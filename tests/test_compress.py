@@ -374,7 +374,7 @@ def test_no_warning_when_the_target_is_reachable() -> None:
 
 def test_fast_independent_sensitivities_match_the_general_path() -> None:
     from coreprune import coreset_prune
-    from coreprune.compress.choose import fast_sensitivities as _fast_sensitivities
+    from coreprune.compress.choosers.worst_case import fast_sensitivities as _fast_sensitivities
 
     torch.manual_seed(0)
     conv, bn, nxt = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8).eval(), nn.Conv2d(8, 4, 3)

@@ -5,7 +5,7 @@ from coreprune.compress.allocate import ALLOCATIONS
 from coreprune.compress.api import compress
 from coreprune.compress.apply import GroupCut, PairCut, apply_plan, cut_group, cut_groups, cut_pair
 from coreprune.compress.capture import MAX_CALIBRATION_ROWS, capture_input, capture_output
-from coreprune.compress.choose import DEFAULT_RANK
+from coreprune.compress.choosers import DEFAULT_RANK
 from coreprune.compress.cost import METRICS, CostModel, count_macs, count_params
 from coreprune.compress.options import COMPENSATIONS, MODES
 from coreprune.compress.report import CompressReport, CompressResult, LayerRow

@@ -3,15 +3,14 @@ smaller model and a report.
 
 It is a short composition of public steps: find the channel groups (`coreprune.surgery.groups`;
 single pairs from `coreprune.surgery.graph` are its simple groups), build the cost model
-(`cost.CostModel`), allocate kept counts (`allocate`), then:
+(`cost.CostModel`), allocate kept counts (`plan`), then ask the run's chooser
+(`choosers.Chooser`, the one interface every method meets; `compress` names none):
 
-- coupled groups (residual streams, depthwise blocks, gates, concatenations) are scored on the
-  dense model (`choose.group_scores`, or the sum of a baseline's producer scores) and cut first,
-  all at once (`apply.cut_groups`);
+- coupled groups (residual streams, depthwise blocks, gates, concatenations) are chosen on the
+  dense model and cut first, all at once (`apply.cut_groups`);
 - then, in forward order and in the network as compressed so far, each single pair's kept units
-  are chosen (the coreset's `choose.CoresetChooser`, or a baseline's unit scores) and cut
-  (`apply.cut_pair`) and its consumer rewired (`rewire`), and each consumer of a cut coupled
-  group is refitted by least squares (compensate="lstsq").
+  are chosen and cut (`apply.cut_pair`) and its consumer rewired (`rewire`), and each consumer
+  of a cut coupled group is refitted by least squares (compensate="lstsq").
 
 Planning lives in `plan`, coupled groups in `coupled`, single pairs in `pairs`; this module
 only composes them. The caller's model is never touched.
@@ -32,10 +31,8 @@ from tqdm.auto import tqdm
 from coreprune.checks import check_int
 from coreprune.compress import allocate
 from coreprune.compress.capture import DenseTargets, LayerRecords
-from coreprune.compress.choose import (
-    Choice,
-    ones,
-)
+from coreprune.compress.choosers import DEFAULT_METHOD, ChoiceContext, Chooser
+from coreprune.compress.choosers.base import group_label
 from coreprune.compress.cost import (
     Inputs,
     as_args,
@@ -45,18 +42,15 @@ from coreprune.compress.cost import (
     removed_fraction,
 )
 from coreprune.compress.coupled import (
-    choose_group,
     coupled_refits,
-    coupled_scores,
     cut_coupled,
-    group_label,
     group_row,
     group_steps,
     refit_one,
     resolve_groups,
 )
 from coreprune.compress.options import DEFAULT_FLOOR, check_model_inputs, check_options
-from coreprune.compress.pairs import cut_and_rewire, make_chooser, params_of, with_costs
+from coreprune.compress.pairs import cut_and_rewire, params_of, with_costs
 from coreprune.compress.plan import plan_counts
 from coreprune.compress.report import (
     CompressReport,
@@ -80,7 +74,7 @@ def compress(
     *,
     eps: float | None = None,
     target: float | None = None,
-    method: str | UnitScorer = "coreset",
+    method: str | UnitScorer | Chooser = DEFAULT_METHOD,
     mode: str = "select",
     allocation: str = "uniform",
     metric: str = "params",
@@ -112,8 +106,9 @@ def compress(
         model: the network; it is deep-copied and never modified.
         eps: each layer's certificate target (coreset only). Give this or `target`.
         target: the fraction of the model's params (or MACs, `metric="macs"`) to remove.
-        method: "coreset", a baseline name ("magnitude", "synflow", "random", ...) or a
-            `coreprune.scoring.Pruner` instance such as `SNIP(loader)`.
+        method: "coreset", a baseline name ("magnitude", "synflow", "random", ...), a
+            `coreprune.scoring.Pruner` instance such as `SNIP(loader)`, or any
+            `coreprune.compress.choosers.Chooser` (docs/api.md, "A chooser of your own").
         mode: "select" (deterministic) or "sample" (the coreset's sensitivity sampling).
         allocation: "uniform" (same kept fraction everywhere) or "global" (one ranking across
             layers: the coreset's certified eps, or the baseline's unit scores).
@@ -327,25 +322,29 @@ def _compress_once(
             inputs=group_consumers if opts.choice == "refit" else [],
         )  # fmt: skip
         target_of = DenseTargets(records, out_keep)
-    chooser = make_chooser(opts, target_of)
-    scores = coupled_scores(opts, work, items, progress)
+    example = args[0] if args is not None else opts.calibration
+    context = ChoiceContext(
+        calibration=opts.calibration, target_of=target_of, records=records, ridge=opts.ridge,
+        example=example, progress=progress,
+    )  # fmt: skip
     refine = groups and pairs is None  # with groups: kept counts land just above the target
-    keeps, unit_sets, budget = plan_counts(
-        opts, work, items, units, floors, chooser, scores, args, steps_of, progress, refine
+    keeps, planned, budget = plan_counts(
+        opts, work, items, units, floors, context, args, steps_of, refine
     )
     rows: list[LayerRow] = []
     coupled = [i for i, g in enumerate(items) if g.pair is None]
     cut_list: list[tuple[int, torch.Tensor]] = []
     group_how: dict[int, str] = {}
-    for index in coupled:
+    for index in coupled:  # all chosen on the dense model, then cut at once
         assert keeps is not None  # coupled groups are pruned with target= only
-        if unit_sets is not None:
-            keep = unit_sets[index]
-        else:
-            keep, group_how[index] = choose_group(
-                opts, work, items[index], keeps[index], scores.get(index), target_of, records
-            )
+        picked = (
+            planned[index]
+            if planned is not None
+            else opts.chooser.choose(work, items[index], keeps[index], context)
+        )
+        keep = picked.keep.cpu()
         cut_list.append((index, keep))
+        group_how[index] = picked.note
         if keep.numel() < items[index].width:
             for name in (*items[index].producers, *items[index].gates):
                 out_keep[name] = keep
@@ -364,19 +363,17 @@ def _compress_once(
             assert current is not None and current.pair is not None
             pair = current.pair
             count = None if keeps is None else keeps[index]
-            if unit_sets is not None:
-                keep = unit_sets[index]
-                picked = Choice(keep, ones(keep.numel()), None, None, "")
+            if planned is not None:
+                picked = planned[index]
             else:
-                assert chooser is not None
-                picked = chooser.choose(work, pair, count)
+                picked = opts.chooser.choose(work, current, count, context)
             group_rows[index] = cut_and_rewire(opts, work, pair, picked, target_of)
         except (TypeError, ValueError) as err:
             err_kind = TypeError if isinstance(err, TypeError) else ValueError
             where = refits[index] if kind == "refit" else group_label(items[index])
             raise err_kind(f"{where!r}: {err}") from err
     for index, keep in cut_list:
-        group_rows[index] = group_row(opts, items[index], keep, group_how.get(index))
+        group_rows[index] = group_row(opts, items[index], keep, group_how[index])
     rows = [group_rows[i] for i in sorted(group_rows)]
     restore_flags(work, flags)
     final_macs = module_macs(work, args) if args is not None else None

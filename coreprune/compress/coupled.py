@@ -1,6 +1,6 @@
-"""Coupled channel groups inside `compress`: find them, score their channels on the dense model,
-cut them all at once, refit each consumer, and report them (not certified: worst-case
-certificates cover single pairs)."""
+"""Coupled channel groups inside `compress`: find them, cut them all at once (their channels are
+chosen on the dense model by the run's chooser), refit each consumer, and report them (not
+certified: worst-case certificates cover single pairs)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from coreprune.compress import allocate
 from coreprune.compress.apply import GroupCut, cut_groups
-from coreprune.compress.capture import LayerRecords, capture_input
-from coreprune.compress.choose import (
-    GroupScores,
-    group_scores,
-    ones,
-)
+from coreprune.compress.capture import capture_input
+from coreprune.compress.choosers.base import ones
 from coreprune.compress.options import Options
 from coreprune.compress.pairs import (
     certifiable,
@@ -25,7 +19,7 @@ from coreprune.compress.pairs import (
     no_prunable_pair,
     resolve_pairs,
 )
-from coreprune.compress.refit_choice import TargetOf, group_selection
+from coreprune.compress.refit_choice import TargetOf
 from coreprune.compress.report import LayerRow
 from coreprune.surgery.graph import BlockedLayer, PrunablePair
 from coreprune.surgery.groups import (
@@ -82,50 +76,6 @@ def resolve_groups(
     return usable, blocked
 
 
-def coupled_scores(
-    opts: Options, work: nn.Module, items: list[ChannelGroup], progress: bool
-) -> dict[int, GroupScores]:
-    """The coreset's channel scores of every coupled group, on the dense model."""
-    if opts.pruner is not None or opts.target is None:
-        return {}
-    if opts.choice == "refit" and opts.allocation == "uniform":
-        return {}  # chosen with their kept counts (`choose_group`); no scores needed
-    coupled = [i for i, g in enumerate(items) if g.pair is None]
-    bar = tqdm(coupled, desc="score (groups)", disable=not progress, unit="group")
-    rms = opts.choice in ("empirical_rms", "refit")
-    return {i: group_scores(work, items[i], opts.calibration, mean_square=rms) for i in bar}
-
-
-def choose_group(
-    opts: Options,
-    work: nn.Module,
-    group: ChannelGroup,
-    count: int,
-    scores: GroupScores | None,
-    target_of: TargetOf | None,
-    inputs: LayerRecords | None = None,
-) -> tuple[torch.Tensor, str]:
-    """A coupled group's kept channels and how they were chosen, on the dense model.
-
-    The refit choice runs greedy structured OBS on the summed refit error of the group's
-    consumers (whole blocks are needed for grouped convs, so those fall back to the group's
-    root-mean-square scores, and say so); other choices keep the top-scored channels.
-    `inputs` records the consumers' inputs in `work` as it is, or in the dense model it still
-    equals (all groups are chosen before any is cut, so one forward pass serves them all)."""
-    if opts.choice == "refit" and opts.calibration is not None and group.blocks == 1:
-        assert target_of is not None
-        if inputs is None:
-            names = [c.name for c in group.consumers]
-            inputs = LayerRecords(work, opts.calibration, inputs=names)
-        sel = group_selection(work, group, count, inputs, target_of, opts.ridge)
-        if sel is not None:
-            return sel.keep, "the summed least-squares refit error of its consumers (greedy OBS)"
-    if scores is None:
-        scores = group_scores(work, group, opts.calibration, mean_square=True)
-    mask = allocate.keep_top_blocks(scores.per_unit, count, group.blocks)
-    return torch.nonzero(mask).flatten(), scores.how
-
-
 def cut_coupled(
     work: nn.Module, items: list[ChannelGroup], cut_list: list[tuple[int, torch.Tensor]]
 ) -> None:
@@ -162,16 +112,15 @@ def refit_one(opts: Options, work: nn.Module, name: str, target_of: TargetOf) ->
     replace_submodule(work, name, refit)
 
 
-def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str | None) -> LayerRow:
+def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str) -> LayerRow:
+    """A coupled group's report row; `how` is the chooser's note on how it chose."""
     removed = keep.numel() < group.width
     compensate = opts.compensate if opts.compensate == "lstsq" and removed else "none"
     notes = [COUPLED_NOTE.format(joins=group.describe)]
     if opts.compensate == "merge" and removed:
         notes.append("merge applies to single pairs only: the consumers are left sliced")
-    if how is not None:
-        notes.append(f"channels chosen by {how}")
-    elif opts.pruner is not None:
-        notes.append(f"channels ranked by the sum of {opts.pruner.name} unit scores of producers")
+    if how:
+        notes.append(how)
     rewiring = "least squares per consumer on its dense output" if compensate == "lstsq" else ""
     norms = [n for n in group.producer_norms if n is not None]
     return LayerRow(
@@ -182,12 +131,6 @@ def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str |
         keep=keep, scale=ones(keep.numel()), certificate=None, compensate=compensate,
         eps_rewired=None, rewiring=rewiring, modules=group.modules,
     )  # fmt: skip
-
-
-def group_label(group: ChannelGroup) -> str:
-    if group.pair is not None:
-        return f"{group.pair.producer}' -> '{group.pair.consumer}"
-    return " + ".join(group.producers)
 
 
 def group_steps(

@@ -18,12 +18,15 @@ from coreprune.checks import (
     check_tensor,
 )
 from coreprune.compress.allocate import ALLOCATIONS
-from coreprune.compress.choose import CHOICES, DEFAULT_RANK
+from coreprune.compress.choosers import (
+    CHOICES,
+    DEFAULT_RANK,
+    ChoiceSettings,
+    Chooser,
+    find_chooser,
+)
 from coreprune.compress.cost import METRICS, Inputs, as_args
 from coreprune.coreset.sensitivity import METHODS as SENSITIVITY_METHODS
-from coreprune.scoring.base import UnitScorer
-from coreprune.scoring.random_pruner import Random
-from coreprune.scoring.registry import BASELINES, resolve_method
 from coreprune.torch_utils import eval_mode, model_device
 
 __all__ = ["COMPENSATIONS", "DEFAULT_FLOOR", "MODES", "Options", "check_options"]
@@ -46,26 +49,13 @@ class Options:
     delta: float
     generator: torch.Generator | None
     sensitivity: str
-    pruner: UnitScorer | None
+    chooser: Chooser
     compensate: str
     choice: str
     floor: float
     ridge: float
     worst_case: bool = True
     rank_given: bool = False
-
-
-def _resolve_baseline(method: object, generator: object) -> UnitScorer:
-    if method == "random" and isinstance(generator, torch.Generator):
-        return Random(generator)  # compress(generator=...) seeds the random baseline
-    try:
-        return resolve_method(method)
-    except ValueError as err:
-        if isinstance(method, str) and method not in BASELINES:
-            raise ValueError(
-                f"method must be one of {('coreset', *BASELINES)} or a scorer, got {method!r}"
-            ) from err
-        raise
 
 
 def check_options(
@@ -83,16 +73,22 @@ def check_options(
             "of the model to remove)"
         )
     generator = check_generator(generator, "generator")
-    pruner = None if method == "coreset" else _resolve_baseline(method, generator)
-    name = "coreset" if pruner is None else pruner.name
+    found = find_chooser(method, generator)
+    name = found.name
     mode = check_choice(mode, MODES, "mode")
     allocation = check_choice(allocation, ALLOCATIONS, "allocation")
+    if allocation == "global" and not found.allocates_globally():
+        raise ValueError(
+            f"allocation='global' ranks units across layers, and method {name!r} gives no error "
+            "curve to rank by (Chooser.error_curve) and plans no budget (Chooser.plan): use "
+            "allocation='uniform'"
+        )
     metric = check_choice(metric, METRICS, "metric")
     sensitivity = check_choice(sensitivity, SENSITIVITY_METHODS, "sensitivity")
     eps_value = target_value = None
     if eps is not None:
         eps_value = check_float(eps, "eps", low=0.0, low_open=True)
-        if name != "coreset":
+        if not found.certifies:
             raise ValueError(
                 f"eps needs method='coreset' (method={name!r} gives no certificate); "
                 "pass target= instead"
@@ -106,7 +102,7 @@ def check_options(
         target_value = check_fraction(target, "target")
         if metric == "macs" and example_input is None:
             raise ValueError("metric='macs' needs example_input (a batch the model accepts)")
-    if name != "coreset" and mode != "select":
+    if mode not in found.modes:
         raise ValueError(f"mode={mode!r} is a coreset mode; method={name!r} needs mode='select'")
     if example_input is not None:
         for i, tensor in enumerate(as_args(example_input)):
@@ -119,9 +115,11 @@ def check_options(
             raise ValueError("rank sets the calibration query space; pass calibration= with it")
         rank = check_int(rank, "rank", minimum=1)
     delta_value = check_probability(delta, "delta")
+    if found.needs_calibration and calib is None:
+        raise ValueError(f"method {name!r} chooses on calibration data: pass calibration=")
     if compensate is None:
-        coreset_select = pruner is None and mode == "select"
-        compensate = "none" if not coreset_select else ("lstsq" if calib is not None else "merge")
+        rewires = found.rewires_by_default and mode == "select"
+        compensate = "none" if not rewires else ("lstsq" if calib is not None else "merge")
     compensate = check_choice(compensate, COMPENSATIONS, "compensate")
     if compensate == "lstsq" and calib is None:
         raise ValueError(
@@ -150,10 +148,17 @@ def check_options(
         raise TypeError(f"worst_case must be True, False or None, got {type(worst_case).__name__}")
     floor_value = check_fraction(floor, "floor", low_open=False, high_open=True)
     ridge_value = check_float(ridge, "ridge", low=0.0, low_open=True)
+    rank_value = DEFAULT_RANK if rank is None else rank
+    settings = ChoiceSettings(
+        mode=mode, eps=eps_value, delta=delta_value, sensitivity=sensitivity,
+        generator=generator, rank=rank_value, rank_given=rank is not None, choice=choice,
+        worst_case=worst_case,
+    )  # fmt: skip
+    chooser = found.from_settings(settings) if isinstance(found, type) else found
     return Options(
         eps=eps_value, target=target_value, method=name, mode=mode, allocation=allocation,
-        metric=metric, rank=DEFAULT_RANK if rank is None else rank, calibration=calib,
-        delta=delta_value, generator=generator, sensitivity=sensitivity, pruner=pruner,
+        metric=metric, rank=rank_value, calibration=calib,
+        delta=delta_value, generator=generator, sensitivity=sensitivity, chooser=chooser,
         compensate=compensate, choice=choice, floor=floor_value, ridge=ridge_value,
         worst_case=worst_case, rank_given=rank is not None,
     )  # fmt: skip

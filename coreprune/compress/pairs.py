@@ -10,11 +10,8 @@ from torch import nn
 
 from coreprune.compress.apply import PairCut, cut_pair
 from coreprune.compress.capture import capture_input
-from coreprune.compress.choose import (
-    Choice,
-    CoresetChooser,
-    modules_of,
-)
+from coreprune.compress.choosers.base import Choice
+from coreprune.compress.choosers.worst_case import modules_of, out_units
 from coreprune.compress.options import Options
 from coreprune.compress.refit_choice import TargetOf
 from coreprune.compress.report import LayerRow
@@ -42,7 +39,7 @@ def cut_and_rewire(
     """Cut `picked`'s units from the pair in `work` and rewire its consumer as `opts` asks;
     `target_of` gives the dense consumer outputs a least-squares refit fits."""
     producer, norm, consumer = modules_of(work, pair)
-    n = out_units(work, pair)
+    n = out_units(producer)
     order = torch.argsort(picked.keep.cpu())
     keep, scale = picked.keep.cpu()[order], picked.scale.detach().cpu()[order]
     if keep.numel() == n and bool((scale == 1).all()):
@@ -140,26 +137,6 @@ def untouched_row(
         sensitivity=None if cert is None else cert.sensitivity, note="; ".join(notes),
         keep=keep, scale=scale, certificate=cert, compensate="none",
     )  # fmt: skip
-
-
-def make_chooser(opts: Options, target_of: TargetOf | None = None) -> CoresetChooser | None:
-    """The coreset's chooser; `target_of` gives the dense consumer outputs the refit choice
-    fits (needed with choice="refit")."""
-    if opts.pruner is not None:
-        return None
-    return CoresetChooser(
-        mode=opts.mode, eps=opts.eps, delta=opts.delta, sensitivity=opts.sensitivity,
-        generator=opts.generator, calibration=opts.calibration, rank=opts.rank,
-        choice=opts.choice, rank_given=opts.rank_given, worst_case=opts.worst_case,
-        target_of=target_of, ridge=opts.ridge,
-    )  # fmt: skip
-
-
-def out_units(model: nn.Module, pair: PrunablePair) -> int:
-    producer = model.get_submodule(pair.producer)
-    kind = layer_kind(producer)
-    assert kind is not None
-    return kind.out_units(producer)
 
 
 def resolve_pairs(
