@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coreprune.checks import check_module, check_tensor
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.groups import ChannelGroup, is_grouped
 from coreprune.surgery.registry import (
@@ -53,27 +54,55 @@ class GroupCut:
     keep: torch.Tensor
 
 
-def _check_cut(cut: object, n: int, pair: PrunablePair) -> torch.Tensor:
-    if not isinstance(cut, PairCut):
-        raise TypeError(f"cut for {pair.producer!r} must be a PairCut, got {type(cut).__name__}")
-    keep = cut.keep
+def _check_keep(keep: object, n: int, what: str, unit: str) -> torch.Tensor:
+    """`keep` as a 1-D CPU long tensor (order kept) of distinct indices in [0, n); `what`
+    names it in errors ("PairCut.keep for 'conv1'"). The one check of kept indices, for pairs
+    and groups alike: a 2-D index tensor is refused, not flattened (its meaning is unclear)."""
     if not isinstance(keep, torch.Tensor) or keep.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"PairCut.keep for {pair.producer!r} must be an integer tensor of indices")
-    keep = keep.flatten().long().cpu()
+        got = keep.dtype if isinstance(keep, torch.Tensor) else type(keep).__name__
+        raise TypeError(
+            f"{what} must be an integer tensor of indices (torch.long), got {got}; e.g. "
+            "torch.tensor([0, 3, 5])"
+        )
+    if keep.dim() != 1:
+        raise ValueError(
+            f"{what} must be 1-D, one index per kept {unit}, got shape {tuple(keep.shape)}"
+        )
+    keep = keep.long().cpu()
     if keep.numel() == 0:
-        raise ValueError(f"PairCut.keep for {pair.producer!r} is empty; keep at least one unit")
+        raise ValueError(f"{what} is empty; keep at least one {unit}")
     if keep.min() < 0 or keep.max() >= n or torch.unique(keep).numel() != keep.numel():
         raise ValueError(
-            f"PairCut.keep for {pair.producer!r} must hold distinct indices in [0, {n}), "
-            f"got {keep.tolist()[:8]}..."
+            f"{what} must hold distinct indices in [0, {n}), got {keep.tolist()[:8]}"
+            + ("..." if keep.numel() > 8 else "")
         )
-    if cut.scale is not None and cut.scale.shape != (keep.numel(),):
-        raise ValueError(
-            f"PairCut.scale for {pair.producer!r} must have one entry per kept unit "
-            f"({keep.numel()}), got shape {tuple(cut.scale.shape)}"
+    return keep
+
+
+def _check_pair(pair: object, name: str) -> PrunablePair:
+    if not isinstance(pair, PrunablePair):
+        raise TypeError(
+            f"{name} must be a PrunablePair (find_prunable_pairs gives them, or "
+            f"PrunablePair(producer, consumer, ...) by hand), got {type(pair).__name__}"
         )
-    if cut.scale is not None and not torch.isfinite(cut.scale).all():
-        raise ValueError(f"PairCut.scale for {pair.producer!r} has NaN or Inf entries")
+    return pair
+
+
+def _check_cut(cut: object, n: int, pair: PrunablePair) -> torch.Tensor:
+    """The kept indices of a checked `PairCut` (its tensors checked too, before any cut)."""
+    if not isinstance(cut, PairCut):
+        raise TypeError(f"cut for {pair.producer!r} must be a PairCut, got {type(cut).__name__}")
+    keep = _check_keep(cut.keep, n, f"PairCut.keep for {pair.producer!r}", "unit")
+    if cut.scale is not None:
+        scale = check_tensor(cut.scale, f"PairCut.scale for {pair.producer!r}")
+        if scale.shape != (keep.numel(),):
+            raise ValueError(
+                f"PairCut.scale for {pair.producer!r} must have one entry per kept unit "
+                f"({keep.numel()}), got shape {tuple(scale.shape)}"
+            )
+    for name, value in (("weight", cut.consumer_weight), ("bias", cut.consumer_bias)):
+        if value is not None:
+            check_tensor(value, f"PairCut.consumer_{name} for {pair.consumer!r}")
     return torch.sort(keep).values if cut.scale is None else keep
 
 
@@ -82,6 +111,8 @@ def cut_pair(model: nn.Module, pair: PrunablePair, cut: PairCut) -> None:
 
     Use `apply_plan` to work on a copy. Indices refer to the producer's current units.
     """
+    check_module(model, "model")
+    pair = _check_pair(pair, "pair")
     producer = model.get_submodule(pair.producer)
     consumer = model.get_submodule(pair.consumer)
     kind = layer_kind(producer)
@@ -110,8 +141,6 @@ def _with_consumer_tensors(consumer: nn.Module, cut: PairCut, pair: PrunablePair
                 f"PairCut.consumer_{name} for {pair.consumer!r} must have the sliced shape "
                 f"{tuple(old.shape)}, got {tuple(value.shape)}"
             )
-        if not torch.isfinite(value).all():
-            raise ValueError(f"PairCut.consumer_{name} for {pair.consumer!r} has NaN or Inf")
         with torch.no_grad():
             old.copy_(value.to(device=old.device, dtype=old.dtype))
     return consumer
@@ -125,6 +154,12 @@ def apply_plan(
     Train flags and `requires_grad` are those of `model`. A pair that is also the previous
     pair's consumer sees that consumer as already cut (indices refer to current units).
     """
+    check_module(model, "model")
+    for name, value in (("pairs", pairs), ("cuts", cuts)):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise TypeError(f"{name} must be a list, got {type(value).__name__}")
+    for i, pair in enumerate(pairs):
+        _check_pair(pair, f"pairs[{i}]")
     if len(pairs) != len(cuts):
         raise ValueError(f"got {len(pairs)} pairs but {len(cuts)} cuts; give one cut per pair")
     work = copy.deepcopy(model)
@@ -137,15 +172,8 @@ def _check_group_keep(cut: object, group: ChannelGroup) -> torch.Tensor:
     label = group.producers[0] if group.producers else "group"
     if not isinstance(cut, GroupCut):
         raise TypeError(f"cut for group {label!r} must be a GroupCut, got {type(cut).__name__}")
-    keep = cut.keep
-    if not isinstance(keep, torch.Tensor) or keep.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"GroupCut.keep for {label!r} must be an integer tensor of indices")
-    keep = keep.flatten().long().cpu()
     n = group.width
-    if keep.numel() == 0:
-        raise ValueError(f"GroupCut.keep for {label!r} is empty; keep at least one channel")
-    if keep.min() < 0 or keep.max() >= n or torch.unique(keep).numel() != keep.numel():
-        raise ValueError(f"GroupCut.keep for {label!r} must hold distinct indices in [0, {n})")
+    keep = _check_keep(cut.keep, n, f"GroupCut.keep for {label!r}", "channel")
     if group.blocks > 1:
         counts = torch.bincount(keep // (n // group.blocks), minlength=group.blocks)
         if not bool((counts == counts[0]).all()):
