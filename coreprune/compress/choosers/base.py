@@ -84,15 +84,15 @@ class ChoiceSettings:
     """The knobs `compress` takes for choosing, checked once (`compress.options`). A chooser
     reads the ones it understands in `from_settings`."""
 
-    mode: str = "select"
-    eps: float | None = None
-    delta: float = 0.1
-    sensitivity: str = "auto"
-    generator: torch.Generator | None = None
-    rank: int = 8
-    rank_given: bool = False
-    choice: str = "certified"
-    worst_case: bool = True
+    mode: str
+    eps: float | None
+    delta: float
+    sensitivity: str
+    generator: torch.Generator | None
+    rank: int
+    rank_given: bool
+    choice: str
+    worst_case: bool
 
 
 @dataclass
