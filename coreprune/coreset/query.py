@@ -13,7 +13,11 @@ import torch
 
 
 def _real_tensor(value: object, name: str, shape_hint: str) -> torch.Tensor:
-    """Refuse non-tensors, complex/bool dtypes and meta tensors before any work."""
+    """Refuse non-tensors, complex/bool dtypes and meta tensors before any work.
+
+    Used by the query space's constructors and by `compute_sensitivities` (its units, reading
+    and error), so both refuse such input in the same words.
+    """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor ({shape_hint}), got {type(value).__name__}")
     if value.is_complex() or value.dtype == torch.bool:
