@@ -44,11 +44,7 @@ KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 # Library modules above this many lines, each with its reason.
 MAX_LINES = 550
-KNOWN_LONG: dict[str, str] = {
-    "coreprune/surgery/activations.py": "split deferred (surgery is being extended)",
-    "coreprune/surgery/rewire.py": "split deferred (surgery is being extended)",
-    "coreprune/coreset/sensitivity.py": "split deferred (coreset is being reworked)",
-}
+KNOWN_LONG: dict[str, str] = {}
 
 
 def _module_name(path: Path) -> str:
