@@ -18,6 +18,10 @@ from torch import nn
 
 from coreprune.checks import check_bool, check_module
 
+# float64 elements a chunked computation materialises at once (32 MiB): patches, Gram
+# products, per-row sensitivities. One budget, so memory use is predictable across the library.
+CHUNK_ELEMENTS = 1 << 22
+
 __all__ = [
     "TrainingFlags",
     "eval_mode",

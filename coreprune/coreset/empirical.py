@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-_CHUNK_ELEMENTS = 1 << 22  # rows x k x n float64 entries materialised at once
+from coreprune.torch_utils import CHUNK_ELEMENTS
 
 
 def activation_rows(activations: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ def empirical_sensitivities(activations: torch.Tensor, reading: torch.Tensor) ->
     denom = a @ u.T  # rows x k: sum_m |U_jm a_m(x)|
     inv = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
     best = torch.zeros(k, n, dtype=torch.float64, device=a.device)
-    step = max(1, _CHUNK_ELEMENTS // max(k * n, 1))
+    step = max(1, CHUNK_ELEMENTS // max(k * n, 1))
     for lo in range(0, a.shape[0], step):
         hi = min(lo + step, a.shape[0])
         # max over rows of a_l(x) / denom_j(x), then times |U_jl| (exact: |U_jl| >= 0 is fixed)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from coreprune.torch_utils import CHUNK_ELEMENTS
+
 __all__ = [
     "DEFAULT_STEP_FRACTION",
     "GapCertificate",
@@ -41,7 +43,6 @@ __all__ = [
 DEFAULT_STEP_FRACTION = 0.05  # units removed per greedy step, as a fraction of the layer's units
 _NULL_RTOL = 1e-12  # Gram eigenvalues below this times the largest are numerically null
 _MARGIN_ULPS = 64  # rounding margin of the lower bound, in units of f * eps * ||Y_c||^2
-_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class RefitProblem:
         gram = torch.zeros(f, f, dtype=torch.float64, device=dev)
         cross = torch.zeros(f, k, dtype=torch.float64, device=dev)
         energy = 0.0
-        step = max(1, _CHUNK_ELEMENTS // max(f, k, 1))
+        step = max(1, CHUNK_ELEMENTS // max(f, k, 1))
         for lo in range(0, n_rows, step):
             xc = features[lo : lo + step].to(torch.float64) - mu_x
             yc = target[lo : lo + step].to(torch.float64) - mu_y
@@ -359,7 +360,7 @@ def _ridge_cholesky(gram: torch.Tensor, ridge: float) -> torch.Tensor:
 
 def _column_sum(x: torch.Tensor) -> torch.Tensor:
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    step = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
+    step = max(1, CHUNK_ELEMENTS // max(x.shape[1], 1))
     for lo in range(0, x.shape[0], step):
         total += x[lo : lo + step].to(torch.float64).sum(dim=0)
     return total

@@ -18,12 +18,12 @@ from torch import nn
 
 from coreprune.surgery.registry import is_conv1d
 from coreprune.surgery.rewire.rows import (
-    _CHUNK_ELEMENTS,
     DEFAULT_MAX_ROWS,
     refit_rows,
     with_fitted_weights,
 )
 from coreprune.surgery.units import Producer
+from coreprune.torch_utils import CHUNK_ELEMENTS
 
 DEFAULT_RIDGE = 1e-4  # relative to the mean eigenvalue of the (centred) Gram matrix
 _MAX_RIDGE_RAISES = 8
@@ -179,7 +179,7 @@ def _check_lstsq(
 
 
 def _chunks(n_rows: int, f: int) -> list[tuple[int, int]]:
-    step = max(1, _CHUNK_ELEMENTS // max(f, 1))
+    step = max(1, CHUNK_ELEMENTS // max(f, 1))
     return [(lo, min(lo + step, n_rows)) for lo in range(0, n_rows, step)]
 
 

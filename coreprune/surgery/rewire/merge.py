@@ -16,7 +16,6 @@ from torch import nn
 from coreprune.surgery.activations import Activation, resolve_activation
 from coreprune.surgery.rewire.reading import _check_keep, expand_reading
 
-POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 # Merge only when the best kept match has cosine above this. 0 means "any positive match":
 # merging r into m at cosine c leaves a residual p_r - lambda p_m of norm ||p_r|| sqrt(1 - c^2),
 # never more than dropping r (residual ||p_r||). Measured on LeNet-300-100 (docs/theory.md,
@@ -26,10 +25,11 @@ DEFAULT_MIN_COSINE = 0.0
 
 
 def positively_homogeneous(activation: Activation) -> bool:
-    """phi(lambda t) = lambda phi(t) for every lambda > 0 and t (ReLU, leaky ReLU, identity)."""
+    """phi(lambda t) = lambda phi(t) for every lambda > 0 and t (ReLU, leaky ReLU, identity);
+    the activation table (`surgery.activations`) records which are."""
     if not isinstance(activation, Activation):
         raise TypeError(f"activation must be an Activation, got {type(activation).__name__}")
-    return activation.name in POSITIVELY_HOMOGENEOUS
+    return activation.positively_homogeneous
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from torch import nn
 from coreprune.surgery.patches import pad_for
 from coreprune.surgery.registry import is_conv1d
 from coreprune.surgery.units import Producer
+from coreprune.torch_utils import CHUNK_ELEMENTS
 
 DEFAULT_MAX_ROWS = 16_384  # least-squares rows kept for a conv refit (memory: rows x f x 8 bytes)
 ROW_SEED = 0  # fixed seed of the deterministic row subsample
-_CHUNK_ELEMENTS = 1 << 22  # float64 elements materialised at once (patches here, X^T X in lstsq)
 
 
 def refit_rows(
@@ -134,7 +134,7 @@ def _conv_rows(
     if pick is not None:
         feats = _picked_patches(pad_for(x, conv), conv, pick.to(x.device), (y.shape[2], y.shape[3]))
         return feats, targets.index_select(0, pick.to(targets.device))
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(positions * f, 1))
+    per_chunk = max(1, CHUNK_ELEMENTS // max(positions * f, 1))
     parts: list[torch.Tensor] = []
     for lo in range(0, n_img, per_chunk):
         hi = min(lo + per_chunk, n_img)
@@ -159,7 +159,7 @@ def _picked_patches(
     f = padded.shape[1] * kh * kw
     positions = out_size[0] * out_size[1]
     parts: list[torch.Tensor] = []
-    step = max(1, _CHUNK_ELEMENTS // max(f, 1))
+    step = max(1, CHUNK_ELEMENTS // max(f, 1))
     for lo in range(0, pick.numel(), step):
         chunk = pick[lo : lo + step]
         img, flat = chunk // positions, chunk % positions
