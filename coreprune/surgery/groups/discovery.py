@@ -5,7 +5,7 @@ into a `BlockedLayer` with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from torch import fx, nn
 
@@ -15,7 +15,7 @@ from coreprune.surgery.graph.trace import _trace as trace_graph
 from coreprune.surgery.graph.trace import _Tracer
 from coreprune.surgery.graph.walk import find_prunable_pairs
 from coreprune.surgery.groups.function_steps import _FunctionSteps
-from coreprune.surgery.groups.group import ChannelGroup, ChannelWise, is_depthwise
+from coreprune.surgery.groups.group import ChannelGroup, is_depthwise
 from coreprune.surgery.groups.module_steps import _ModuleSteps
 from coreprune.surgery.groups.spaces import _Space, _Tag
 from coreprune.surgery.registry import layer_kind, norm_kind
@@ -165,17 +165,17 @@ def _group_of(
     coupled = bool(joins) or len(producers) > 1 or len(consumers) > 1 or bool(group.gates)
     extra = [m for m in channelwise if m.kind != "norm" or m.name != group.producer_norms[0]]
     if coupled or extra:
-        return _with_joins(group, extra), None
+        return _with_joins(group), None
     pair = pairs.get(producers[0])
     if pair is not None and pair.consumer == consumers[0].name:
         return ChannelGroup(**{**group.__dict__, "pair": pair}), None
     reason = pair_reason.get(producers[0], "the pair walk refuses it")
     if "activation" in reason:
         return None, reason
-    return _with_joins(group, extra, "single path"), None
+    return _with_joins(group, "single path"), None
 
 
-def _with_joins(group: ChannelGroup, extra: Iterable[ChannelWise], label: str = "") -> ChannelGroup:
+def _with_joins(group: ChannelGroup, label: str = "") -> ChannelGroup:
     joins = list(group.joins)
     if len(group.producers) > 1 and not joins:
         joins.append("shared channels")
@@ -183,7 +183,6 @@ def _with_joins(group: ChannelGroup, extra: Iterable[ChannelWise], label: str = 
         joins.append("several readers")
     if label and not joins:
         joins.append(label)
-    del extra
     return ChannelGroup(**{**group.__dict__, "joins": tuple(joins)})
 
 

@@ -14,15 +14,15 @@ from torch import fx
 
 from coreprune.surgery.activations import is_activation_function, is_activation_method
 from coreprune.surgery.graph.ops import (
-    _ADD_METHODS,
-    _ADD_OPS,
     _DROPOUT_FUNCTIONS,
     _FLATTEN_FUNCTIONS,
     _FLATTEN_METHODS,
     _PASS_METHODS,
     _POOL_FUNCTIONS,
+    _SPATIAL_DIMS,
     _arg,
     _describe,
+    _is_add,
     _is_batch_flatten,
 )
 from coreprune.surgery.groups.group import ChannelWise
@@ -40,9 +40,9 @@ class _FunctionSteps(_Spaces):
 
     def _function(self, node: fx.Node, inputs: list[_Tag]) -> _Tag | str:
         target = node.target
-        if _is_join(node, _ADD_OPS, _ADD_METHODS):
+        if _is_add(node):
             return self._binary(node, inputs, "residual add")
-        if _is_join(node, _MUL_OPS, _MUL_METHODS):
+        if _is_mul(node):
             return self._binary(node, inputs, "gate")
         if node.op == "call_function" and target in _DIV_OPS:
             return self._scalar_only(node, inputs)
@@ -181,14 +181,15 @@ class _FunctionSteps(_Spaces):
     def _mean(self, node: fx.Node, tag: _Tag) -> _Tag | str:
         dims = _arg(node, 1, "dim", None)
         keepdim = _arg(node, 2, "keepdim", False)
-        if not (isinstance(dims, (tuple, list)) and set(dims) in ({2, 3}, {-2, -1})):
+        if not (isinstance(dims, (tuple, list)) and set(dims) in _SPATIAL_DIMS):
             return f"mean {node.name!r} is not a global spatial average"
         if tag.layout != "conv":
             return f"mean {node.name!r} averages units that are not conv channels"
         return tag.plain() if keepdim is True else _Tag(tag.spaces, tag.widths, "flat")
 
 
-def _is_join(node: fx.Node, ops: tuple[Any, ...], methods: tuple[str, ...]) -> bool:
+def _is_mul(node: fx.Node) -> bool:
+    """An elementwise product, as a function or a method (the counterpart of `_is_add`)."""
     if node.op == "call_function":
-        return node.target in ops
-    return node.op == "call_method" and node.target in methods
+        return node.target in _MUL_OPS
+    return node.op == "call_method" and node.target in _MUL_METHODS
