@@ -109,9 +109,16 @@ def check_probability(value: object, name: str) -> float:
     """A failure probability such as ``delta``: a real number in the open interval ``(0, 1)``.
 
     Both ends are excluded because a bound that holds with probability 1 - 0 or 1 - 1 is either
-    unattainable or vacuous.
+    unattainable or vacuous. The message says so and calls the value a probability, since a
+    bare interval does not tell a caller who passed 0 or 1 what the number stands for.
     """
-    return check_fraction(value, name, low_open=True, high_open=True)
+    number = check_float(value, name)
+    if not 0.0 < number < 1.0:
+        raise ValueError(
+            f"{name} must be a probability in (0, 1), got {value!r}: at 0 the bound is "
+            f"unattainable, at 1 it is vacuous (e.g. pass 0.05 for a 95% guarantee)"
+        )
+    return number
 
 
 def check_choice(value: object, choices: Sequence[str], name: str) -> str:

@@ -86,14 +86,7 @@ CASES: list[Any] = []
 
 # Known gaps, each failing today exactly as described (strict: a fix makes the case pass, and
 # then its mark must go). They sit in modules this sweep does not own.
-GAPS = {
-    "certify-holdout-wrong-features": "certify lets torch's matmul shape error through",
-    "certify-device-unknown": "certify lets torch's device-string error through",
-    "exceed-holdout-wrong-features": "layer_exceedance lets torch's matmul shape error through",
-    "exceed-simultaneous-string": "layer_exceedance accepts simultaneous='no' (truthy)",
-    "prune-mode-0": "coreset_prune(mode=0) raises ValueError, not TypeError",
-    "prune-delta-'0.1'": "coreset_prune(delta='0.1') raises ValueError, not TypeError",
-}
+GAPS: dict[str, str] = {}
 
 
 def case(kind: type[Exception], match: str, call: Call, name: str) -> None:

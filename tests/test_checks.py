@@ -82,7 +82,7 @@ def test_check_fraction_and_probability() -> None:
     for edge in (0.0, 1.0):
         with pytest.raises(ValueError, match=r"s must lie in \(0, 1\)"):
             check_fraction(edge, "s")
-        with pytest.raises(ValueError, match=r"delta must lie in \(0, 1\)"):
+        with pytest.raises(ValueError, match=r"delta must be a probability in \(0, 1\)"):
             check_probability(edge, "delta")
     assert check_fraction(0.0, "s", low_open=False) == 0.0
     assert check_fraction(1, "s", high_open=False) == 1.0

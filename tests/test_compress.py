@@ -337,7 +337,7 @@ def test_bad_inputs_are_refused_with_the_argument_named() -> None:
         ({"target": 0.5, "calibration": _input(), "rank": 0}, ValueError, "rank must be >= 1"),
         ({"target": 0.5, "calibration": [1]}, TypeError, "calibration must be a torch.Tensor"),
         ({"target": 0.5, "generator": 3}, TypeError, "generator must be"),
-        ({"target": 0.5, "delta": 1.0}, ValueError, "delta must lie in"),
+        ({"target": 0.5, "delta": 1.0}, ValueError, "delta must be a probability"),
         ({"target": 0.5, "sensitivity": "fast"}, ValueError, "sensitivity must be one of"),
         ({"target": 0.5, "example_input": "x"}, TypeError, "example_input must be"),
     ]

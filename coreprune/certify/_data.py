@@ -3,7 +3,9 @@
 A holdout is either a DataLoader yielding (inputs, labels) batches or an (inputs, labels) pair
 of tensors. Models run in eval mode under no_grad, and every module's train flag is restored
 afterwards; a model whose parameters live elsewhere than the requested device runs as a copy,
-so the caller's model is never moved or changed.
+so the caller's model is never moved or changed. Before the run, each model is tried on one
+held-out example (`check_fits`), so inputs of the wrong shape or dtype are refused by name
+rather than surfacing as a matrix-shape error from deep inside the first batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from coreprune.checks import check_int
+from coreprune.torch_utils import resolve_device
 
 Holdout = DataLoader | tuple[torch.Tensor, torch.Tensor] | Sequence[torch.Tensor]
 
@@ -170,6 +173,75 @@ def check_labels(labels: torch.Tensor | None, classes: int, name: str = "holdout
             f"got labels from {int(labels.min())} to {int(labels.max())}; check the dataset "
             "matches the models"
         )
+
+
+def run_device(device: torch.device | str | None, dense: nn.Module) -> torch.device:
+    """Where the certificate runs: `dense`'s device for None, else the device `device` names.
+
+    The name is read by `coreprune.torch_utils.resolve_device`, so a misspelt device or CUDA on
+    a machine without it is a ValueError naming `device` before any model runs, worded as
+    everywhere else in the library.
+    """
+    return model_device(dense) if device is None else resolve_device(device)
+
+
+def check_fits(model: nn.Module, inputs: torch.Tensor, name: str, holdout: str = "holdout") -> None:
+    """Run `model` (already on `inputs`' device) on the first of `inputs`, read-only.
+
+    Held-out inputs of the wrong shape or dtype otherwise fail as the model's own error (a torch
+    matrix-shape RuntimeError, say) that names neither the holdout nor what was expected. One
+    example is enough to find that out and costs next to nothing; the error is re-raised as a
+    ValueError naming `holdout` and, where the failing layer is a linear or convolution, the
+    input shape it wants.
+    """
+    running: list[nn.Module] = []
+
+    def enter(module: nn.Module, _args: object) -> None:
+        running.append(module)
+
+    def leave(module: nn.Module, _args: object, _output: object) -> None:
+        running.pop()
+
+    handles = [
+        handle
+        for module in model.modules()
+        if not isinstance(module, torch.jit.ScriptModule)  # scripted modules take no hooks
+        for handle in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))
+    ]
+    try:
+        with read_only(model):
+            model(inputs[:1])
+    except Exception as err:  # the model's own error, re-raised with the argument's name
+        raise ValueError(
+            f"{holdout} does not fit {name}: each held-out input has shape "
+            f"{tuple(inputs.shape[1:])} and dtype {inputs.dtype}"
+            f"{_wanted(model, running[-1] if running else model)}; pass held-out inputs shaped "
+            f"like the model's training inputs ({type(err).__name__}: {err})"
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _wanted(model: nn.Module, failing: nn.Module) -> str:
+    """What the layer that failed wants of its input, for the layers whose wish is plain."""
+    names = {id(m): n for n, m in model.named_modules()}
+    where = f"layer {names.get(id(failing), '?')!r}" if failing is not model else "the model"
+    kind = type(failing).__name__
+    if isinstance(failing, nn.Linear):
+        return (
+            f", but {where} ({kind}) wants {failing.weight.dtype} input with "
+            f"{failing.in_features} features in the last dimension, e.g. shape "
+            f"(batch, {failing.in_features})"
+        )
+    for conv, spatial in ((nn.Conv1d, "L"), (nn.Conv2d, "H, W"), (nn.Conv3d, "D, H, W")):
+        if isinstance(failing, conv):
+            channels = failing.in_channels
+            return (
+                f", but {where} ({kind}) wants {failing.weight.dtype} input with {channels} "
+                f"channels in dimension 1, shape (batch, {channels}, {spatial})"
+            )
+    return f", which {where} ({kind}) refused"
 
 
 def model_device(model: nn.Module) -> torch.device:

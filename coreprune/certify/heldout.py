@@ -24,18 +24,21 @@ from coreprune.certify._data import (
     check_batch_size,
     check_confidence,
     check_finite_inputs,
+    check_fits,
     check_holdout,
     check_labels,
     check_model,
     model_device,
     on_device,
     read_only,
+    run_device,
 )
 from coreprune.certify.bounds import (
     clopper_pearson_lower,
     clopper_pearson_upper,
     min_holdout_size,
 )
+from coreprune.checks import check_bool
 
 __all__ = [
     "ASSUMPTION",
@@ -141,7 +144,7 @@ def certify_predictions(
 ) -> HeldOutCertificate:
     """The certificate from predictions already computed (e.g. cached once, resampled often)."""
     confidence = check_confidence(confidence)
-    _check_flag(simultaneous)
+    check_bool(simultaneous, "simultaneous")
     if not isinstance(predictions, Predictions):
         raise TypeError(f"predictions must be Predictions, got {type(predictions).__name__}")
     n = int(predictions.labels.numel())
@@ -187,8 +190,10 @@ def certify(
     `holdout` is a DataLoader yielding (inputs, labels) or an (inputs, labels) pair of tensors
     (then run in chunks of `batch_size`). The bounds hold with probability >= `confidence` over
     the draw of the holdout, under `ASSUMPTION` and nothing else. `device`: where to run (None:
-    where `dense`'s parameters are); a model living elsewhere runs as a copy. Both models run in
-    eval mode under no_grad and are left exactly as they were.
+    where `dense`'s parameters are; else a torch.device or a name such as "cpu", "cuda:1" or
+    "auto"); a model living elsewhere runs as a copy. Both models run in eval mode under no_grad
+    and are left exactly as they were. Before the run each model is tried on one held-out
+    example, so inputs it cannot take are a ValueError naming the holdout.
     """
     predictions = predict(dense, pruned, holdout, confidence, batch_size=batch_size,
                           device=device, simultaneous=simultaneous)  # fmt: skip
@@ -213,12 +218,12 @@ def predict(
     check_model(dense, "dense")
     check_model(pruned, "pruned")
     confidence = check_confidence(confidence)
-    _check_flag(simultaneous)
+    check_bool(simultaneous, "simultaneous")
+    where = run_device(device, dense)
     batches = check_holdout(holdout, check_batch_size(batch_size), labelled=True)
     d_agree, d_acc, _ = deltas(confidence, simultaneous)
     if batches.size is not None:
         _check_size(batches.size, min(d_agree, d_acc))
-    where = model_device(dense) if device is None else torch.device(device)
     run_dense, run_pruned = on_device(dense, where), on_device(pruned, where)
     dense_out, pruned_out, labels = [], [], []
     with read_only(dense, pruned, run_dense, run_pruned):
@@ -226,6 +231,9 @@ def predict(
         for index, (x, y) in enumerate(batches):
             check_finite_inputs(x, "holdout", seen)
             x = x.to(where)
+            if index == 0:  # one example first: a holdout the models cannot take fails by name
+                check_fits(run_dense, x, "dense")
+                check_fits(run_pruned, x, "pruned")
             a, b = run_dense(x), run_pruned(x)
             if index == 0:
                 _check_outputs(a, b)
@@ -250,8 +258,10 @@ def check_classifier(model: nn.Module, batches: Batches, device: torch.device | 
     where = model_device(model) if device is None else device
     run = on_device(model, where)
     x, y = batches.first()
+    x = x.to(where)
+    check_fits(run, x, "model")
     with read_only(model, run):
-        out = run(x.to(where))
+        out = run(x)
     _check_outputs(out, out)
     _check_finite(out, "model", 0)
     check_labels(batches.labels if batches.labels is not None else y, out.shape[1])
@@ -286,11 +296,6 @@ def _check_finite(scores: torch.Tensor, name: str, offset: int) -> None:
             "every example: fix the model (e.g. its weights or batch-norm statistics) or the "
             "inputs"
         )
-
-
-def _check_flag(simultaneous: object) -> None:
-    if not isinstance(simultaneous, bool):
-        raise TypeError(f"simultaneous must be True or False, got {type(simultaneous).__name__}")
 
 
 def _check_size(n: int, delta: float) -> None:

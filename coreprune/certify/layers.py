@@ -26,14 +26,16 @@ from coreprune.certify._data import (
     Holdout,
     check_batch_size,
     check_confidence,
+    check_fits,
     check_holdout,
     check_model,
-    model_device,
     on_device,
     read_only,
+    run_device,
 )
 from coreprune.certify.bounds import clopper_pearson_upper
 from coreprune.certify.heldout import ASSUMPTION
+from coreprune.checks import check_bool
 from coreprune.compress import LayerRow
 
 __all__ = ["LayerExceedance", "LayerExceedanceReport", "layer_exceedance"]
@@ -126,7 +128,9 @@ def layer_exceedance(
     coupled group's row; when a consumer is also a row's producer, only its kept output units
     are compared). `holdout`: a
     DataLoader, an (inputs, labels) pair or a tensor of inputs; labels are not used. An output
-    with ||z|| = 0 counts as error 0 if z_hat = 0 too, else as infinite.
+    with ||z|| = 0 counts as error 0 if z_hat = 0 too, else as infinite. `device` is read as
+    `certify` reads it. Before the run both models are tried on one held-out example, so inputs
+    they cannot take are a ValueError naming the holdout.
     """
     check_model(dense, "dense")
     check_model(pruned, "pruned")
@@ -135,11 +139,16 @@ def layer_exceedance(
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not eps >= 0 or eps == float("inf"):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    check_bool(simultaneous, "simultaneous")
+    where = run_device(device, dense)
     targets = _targets(dense, pruned, layers)
     batches = check_holdout(holdout, check_batch_size(batch_size), labelled=False)
     delta = (1.0 - confidence) / (len(targets) if simultaneous else 1)
-    where = model_device(dense) if device is None else torch.device(device)
     run_dense, run_pruned = on_device(dense, where), on_device(pruned, where)
+    # Before the layer hooks go in: a failure in them must not read as a holdout that misfits.
+    probe = batches.first()[0][:1].to(where)
+    check_fits(run_dense, probe, "dense")
+    check_fits(run_pruned, probe, "pruned")
     errors = _errors(run_dense, run_pruned, targets, batches, where, (dense, pruned))
     rows = []
     for target, err in zip(targets, errors, strict=True):

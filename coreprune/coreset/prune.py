@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coreprune.checks import check_choice, check_generator, check_tensor
+from coreprune.checks import check_choice, check_generator, check_probability, check_tensor
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.sampling import (
@@ -220,8 +220,7 @@ def coreset_prune(
     eps, next_layer = _positional(budget_and_next, eps, next_layer)
     check_generator(generator, "generator")
     layer = check_producer(layer)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice(mode, MODES, "mode")
     if not isinstance(max_pooling, bool):
         raise TypeError(f"max_pooling must be a bool, got {type(max_pooling).__name__}")
     act = resolve_activation(activation)
@@ -408,8 +407,7 @@ def _check_request(eps: float | None, keep: int | None, delta: float, n: int) ->
             raise TypeError(f"keep must be an int, got {type(keep).__name__}")
         if not 1 <= keep <= n:
             raise ValueError(f"keep must be in [1, {n}] (the layer has {n} units), got {keep}")
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-        raise ValueError(f"delta must be a probability in (0, 1), got {delta!r}")
+    check_probability(delta, "delta")
 
 
 def _resolve_query(query: QuerySpace | None, dim: int) -> QuerySpace:

@@ -1,4 +1,5 @@
-"""Held-out certificates refuse what would fool them: NaN outputs and a reused holdout."""
+"""Held-out certificates refuse what would fool them or fail obscurely: NaN outputs, a reused
+holdout, held-out inputs the models cannot take."""
 
 from __future__ import annotations
 
@@ -82,3 +83,35 @@ def test_check_disjoint_counts_shared_rows_across_batches() -> None:
         check_disjoint(batches, torch.stack([x[30], x[17]]))
     with pytest.raises(TypeError, match="calibration must be a tensor"):
         check_disjoint(batches, [1, 2])
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+def test_a_holdout_the_models_cannot_take_is_refused_with_the_shape_they_want() -> None:
+    net, y = _conv_net(), torch.zeros(20, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"holdout does not fit dense: each held-out input has "
+                       r"shape \(1, 8, 8\).*layer '0' \(Conv2d\) wants torch.float32 input with 3 "
+                       r"channels in dimension 1"):  # fmt: skip
+        certify(net, copy.deepcopy(net), (torch.randn(20, 1, 8, 8), y))
+    # the failing layer is found wherever it sits, here behind the flatten
+    loader = DataLoader(TensorDataset(torch.randn(20, 3, 9, 9), y), batch_size=8)
+    with pytest.raises(ValueError, match=r"layer '3' \(Linear\) wants torch.float32 input with "
+                       r"144 features in the last dimension"):  # fmt: skip
+        certify(net, copy.deepcopy(net), loader)
+    with pytest.raises(ValueError, match=r"holdout does not fit pruned"):
+        layer_exceedance(make_mlp(), _conv_net(), [("0", "0")], _holdout(), eps=0.5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_the_fit_probe_leaves_no_hooks_and_takes_scripted_models() -> None:
+    dense, misfit = make_mlp(), (torch.randn(20, 5), torch.zeros(20, dtype=torch.long))
+    with pytest.raises(ValueError, match="holdout does not fit dense"):
+        certify(dense, copy.deepcopy(dense), misfit)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in dense.modules())
+    scripted = torch.jit.script(make_mlp())  # takes no Python hooks: the probe runs it bare
+    assert certify(scripted, scripted, _holdout()).agreement == 1.0
+    with pytest.raises(ValueError, match=r"holdout does not fit dense.*the model"):
+        certify(scripted, scripted, misfit)
