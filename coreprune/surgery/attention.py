@@ -7,7 +7,7 @@ other cut changes what the remaining heads compute. Three layouts are handled:
 
 - "fused": one qkv layer (nn.Linear or HF Conv1D) whose outputs are [q heads | k heads | v
   heads], each head `head_dim` wide (timm, HF ViT/GPT-2's c_attn), an output projection, and a
-  `num_heads` attribute the module's forward reads (e.g. `coreprune.harness.models.vit`);
+  `num_heads` attribute the module's forward reads (e.g. `coreprune.zoo.vit`);
 - "separate": q, k and v layers of their own, same head layout;
 - "mha": `nn.MultiheadAttention`. Its embed_dim is at once its input, inner and output width,
   so it cannot hold fewer heads; a cut replaces it by `HeadAttention`, which computes the same

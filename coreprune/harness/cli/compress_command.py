@@ -29,7 +29,6 @@ from coreprune.harness.comparison import (
     make_pruner,
 )
 from coreprune.harness.data import Loaders
-from coreprune.harness.models import MODEL_NAMES
 from coreprune.harness.training import (
     default_image_size,
     evaluate,
@@ -39,6 +38,7 @@ from coreprune.harness.training import (
 )
 from coreprune.serialization import ARCH_FILE, load_model, save_model
 from coreprune.torch_utils import eval_mode, resolve_device
+from coreprune.zoo import MODEL_NAMES
 
 
 @dataclass

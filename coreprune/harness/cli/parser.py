@@ -28,7 +28,6 @@ from coreprune.harness.comparison import (
     CompareConfig,
 )
 from coreprune.harness.data import DATASETS
-from coreprune.harness.models import MODEL_NAMES
 from coreprune.harness.oneshot import (
     DEFAULT_BUDGETS,
     DEFAULT_METHODS,
@@ -36,6 +35,7 @@ from coreprune.harness.oneshot import (
 )
 from coreprune.harness.pretrained import PRETRAINED
 from coreprune.scoring import SCORERS
+from coreprune.zoo import MODEL_NAMES
 
 # torch CPU threads unless --threads says otherwise: the fastest count measured for compression
 # and training on the project's loaded 2-core CPU (benchmarks/results/threads.md: 1 thread was

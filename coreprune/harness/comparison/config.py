@@ -21,12 +21,12 @@ from coreprune.compress.options import DEFAULT_FLOOR
 from coreprune.harness.data import ImageData, dataset_spec, load_dataset
 from coreprune.harness.evaluation.robustness import DEFAULT_SIGMAS
 from coreprune.harness.folders import remove_files
-from coreprune.harness.models import MODEL_NAMES
 from coreprune.harness.training import (
     build_for_dataset,
     default_image_size,
 )
 from coreprune.torch_utils import resolve_device
+from coreprune.zoo import MODEL_NAMES
 
 CORE_METHODS = ("coreset", "magnitude", "snip", "synflow", "random")
 

@@ -19,7 +19,7 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import nn
 
-from coreprune.harness.models import build_model
+from coreprune.zoo import build_model
 
 __all__ = ["PRETRAINED", "PRETRAINED_DIR", "load_pretrained", "manifest"]
 

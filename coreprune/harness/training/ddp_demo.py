@@ -21,7 +21,6 @@ from pathlib import Path
 import torch.distributed as dist
 
 from coreprune.harness.data import DATASETS, make_loaders
-from coreprune.harness.models import MODEL_NAMES
 from coreprune.harness.training import (
     build_for_dataset,
     default_image_size,
@@ -30,6 +29,7 @@ from coreprune.harness.training import (
     recipe,
     set_seed,
 )
+from coreprune.zoo import MODEL_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from torch import nn
 
 from coreprune.checks import check_int
 from coreprune.harness.data import dataset_spec
-from coreprune.harness.models import MODEL_NAMES, build_model
+from coreprune.zoo import MODEL_NAMES, build_model
 
 __all__ = ["build_for_dataset", "default_image_size", "model_kwargs"]
 

@@ -143,7 +143,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def recipe(model_name: str, **overrides: Any) -> Recipe:
-    """The recipe for ``model_name`` (a ``coreprune.harness.models`` registry name), with any field
+    """The recipe for ``model_name`` (a ``coreprune.zoo`` registry name), with any field
     replaced by ``overrides`` (e.g. ``epochs=10`` for a quick run); the result is validated."""
     if not isinstance(model_name, str):
         raise TypeError(f"model_name must be a str, got {type(model_name).__name__}")
