@@ -22,6 +22,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from coreprune.checks import check_int
 from coreprune.compress import allocate
 from coreprune.compress.capture import DenseTargets, LayerRecords
-from coreprune.compress.choosers import DEFAULT_METHOD, ChoiceContext, Chooser
+from coreprune.compress.choosers import DEFAULT_METHOD, Choice, ChoiceContext, Chooser
 from coreprune.compress.choosers.base import group_label
 from coreprune.compress.cost import (
     Inputs,
@@ -49,7 +50,12 @@ from coreprune.compress.coupled import (
     refit_one,
     resolve_groups,
 )
-from coreprune.compress.options import DEFAULT_FLOOR, check_model_inputs, check_options
+from coreprune.compress.options import (
+    DEFAULT_FLOOR,
+    Options,
+    check_model_inputs,
+    check_options,
+)
 from coreprune.compress.pairs import cut_and_rewire, params_of, with_costs
 from coreprune.compress.plan import plan_counts
 from coreprune.compress.report import (
@@ -61,6 +67,7 @@ from coreprune.compress.report import (
 )
 from coreprune.scoring.base import UnitScorer
 from coreprune.surgery.graph import PrunablePair
+from coreprune.surgery.groups import ChannelGroup
 from coreprune.surgery.rewire import (
     DEFAULT_RIDGE,
 )
@@ -291,93 +298,29 @@ def _compress_once(
     )  # fmt: skip
     if not isinstance(groups, bool):
         raise TypeError(f"groups must be True or False, got {type(groups).__name__}")
+    round_to = check_int(round_to, "round_to", minimum=1)
     work = copy.deepcopy(model)
     flags = training_flags(work)
     work.eval()
     check_model_inputs(work, example_input, calibration)
     items, blocked = resolve_groups(work, pairs, ignored_layers, groups, opts.target is not None)
-    round_to = check_int(round_to, "round_to", minimum=1)
     args = None if example_input is None else as_args(example_input)
     dense = copy.deepcopy(work)
-    dense_modules = dict(dense.named_modules())
     dense_macs = module_macs(dense, args) if args is not None else None
+    steps_of = _rounding(items, round_to)
     units = [g.width for g in items]
-    for group, n in zip(items, units, strict=True):
-        if round_to > n:
-            raise ValueError(
-                f"round_to={round_to} is larger than {group_label(group)!r} ({n} units); pass "
-                f"round_to <= {min(units)} or ignore that layer (ignored_layers=)"
-            )
-    steps_of = [math.lcm(round_to, g.blocks) for g in items]  # grouped convs: whole blocks
     floors = allocate.floors_for(units, opts.floor, steps_of)
     out_keep: dict[str, torch.Tensor] = {}  # outputs of consumers cut as coupled-group members
-    target_of, records = None, None
-    if opts.calibration is not None:
-        # one pass of the dense model: every consumer's output (the refits' targets) and, for
-        # the refit choice, the inputs of coupled groups' consumers (chosen before any cut)
-        consumers = [c.name for g in items for c in g.consumers]
-        group_consumers = [c.name for g in items if g.pair is None for c in g.consumers]
-        records = LayerRecords(
-            dense, opts.calibration, outputs=consumers,
-            inputs=group_consumers if opts.choice == "refit" else [],
-        )  # fmt: skip
-        target_of = DenseTargets(records, out_keep)
-    example = args[0] if args is not None else opts.calibration
-    context = ChoiceContext(
-        calibration=opts.calibration, target_of=target_of, records=records, ridge=opts.ridge,
-        example=example, progress=progress,
-    )  # fmt: skip
+    context = _context(opts, dense, items, args, out_keep, progress)
     refine = groups and pairs is None  # with groups: kept counts land just above the target
     keeps, planned, budget = plan_counts(
         opts, work, items, units, floors, context, args, steps_of, refine
     )
-    rows: list[LayerRow] = []
-    coupled = [i for i, g in enumerate(items) if g.pair is None]
-    cut_list: list[tuple[int, torch.Tensor]] = []
-    group_how: dict[int, str] = {}
-    for index in coupled:  # all chosen on the dense model, then cut at once
-        assert keeps is not None  # coupled groups are pruned with target= only
-        picked = (
-            planned[index]
-            if planned is not None
-            else opts.chooser.choose(work, items[index], keeps[index], context)
-        )
-        keep = picked.keep.cpu()
-        cut_list.append((index, keep))
-        group_how[index] = picked.note
-        if keep.numel() < items[index].width:
-            for name in (*items[index].producers, *items[index].gates):
-                out_keep[name] = keep
-    cut_coupled(work, items, cut_list)
-    refits = coupled_refits(opts, work, items, cut_list)
-    steps = group_steps(work, items, refits)
-    bar = tqdm(steps, desc=f"compress ({opts.method})", disable=not progress, unit="layer")
-    group_rows: dict[int, LayerRow] = {}
-    for kind, index in bar:
-        current = items[index] if kind == "pair" else None
-        try:
-            if kind == "refit":
-                assert target_of is not None
-                refit_one(opts, work, refits[index], target_of)
-                continue
-            assert current is not None and current.pair is not None
-            pair = current.pair
-            count = None if keeps is None else keeps[index]
-            if planned is not None:
-                picked = planned[index]
-            else:
-                picked = opts.chooser.choose(work, current, count, context)
-            group_rows[index] = cut_and_rewire(opts, work, pair, picked, target_of)
-        except (TypeError, ValueError) as err:
-            err_kind = TypeError if isinstance(err, TypeError) else ValueError
-            where = refits[index] if kind == "refit" else group_label(items[index])
-            raise err_kind(f"{where!r}: {err}") from err
-    for index, keep in cut_list:
-        group_rows[index] = group_row(opts, items[index], keep, group_how[index])
-    rows = [group_rows[i] for i in sorted(group_rows)]
+    cut_list = _cut_groups(opts, work, items, keeps, planned, context, out_keep)
+    rows = _cut_pairs(opts, work, items, cut_list, keeps, planned, context, progress)
     restore_flags(work, flags)
     final_macs = module_macs(work, args) if args is not None else None
-    after_modules = dict(work.named_modules())
+    dense_modules, after_modules = dict(dense.named_modules()), dict(work.named_modules())
     rows = [with_costs(r, dense_modules, after_modules, dense_macs, final_macs) for r in rows]
     prunable = list(dict.fromkeys(name for g in items for name in g.modules))
     params_before, params_after = count_params(model), count_params(work)
@@ -407,6 +350,104 @@ def _compress_once(
     return CompressResult(work, report)
 
 
+def _rounding(items: list[ChannelGroup], round_to: int) -> list[int]:
+    """Each item's kept-count step: `round_to`, and whole blocks for grouped convs."""
+    units = [g.width for g in items]
+    for group, n in zip(items, units, strict=True):
+        if round_to > n:
+            raise ValueError(
+                f"round_to={round_to} is larger than {group_label(group)!r} ({n} units); pass "
+                f"round_to <= {min(units)} or ignore that layer (ignored_layers=)"
+            )
+    return [math.lcm(round_to, g.blocks) for g in items]
+
+
+def _context(
+    opts: Options, dense: nn.Module, items: list[ChannelGroup],
+    args: tuple[torch.Tensor, ...] | None, out_keep: dict[str, torch.Tensor], progress: bool,
+) -> ChoiceContext:  # fmt: skip
+    """What the chooser may read. With calibration, one pass of the dense model records every
+    consumer's output (the refits' targets) and, for the refit choice, the inputs of coupled
+    groups' consumers (chosen before any cut); `out_keep` later names the outputs kept of
+    consumers cut as coupled-group members."""
+    target_of, records = None, None
+    if opts.calibration is not None:
+        consumers = [c.name for g in items for c in g.consumers]
+        group_consumers = [c.name for g in items if g.pair is None for c in g.consumers]
+        records = LayerRecords(
+            dense, opts.calibration, outputs=consumers,
+            inputs=group_consumers if opts.choice == "refit" else [],
+        )  # fmt: skip
+        target_of = DenseTargets(records, out_keep)
+    return ChoiceContext(
+        calibration=opts.calibration, target_of=target_of, records=records, ridge=opts.ridge,
+        example=args[0] if args is not None else opts.calibration, progress=progress,
+    )  # fmt: skip
+
+
+def _cut_groups(
+    opts: Options, work: nn.Module, items: list[ChannelGroup], keeps: list[int] | None,
+    planned: list[Choice] | None, context: ChoiceContext, out_keep: dict[str, torch.Tensor],
+) -> list[tuple[int, Choice]]:  # fmt: skip
+    """Choose every coupled group on the dense model, then cut them all at once; each group's
+    (index, choice), and `out_keep` filled with the channels its producers keep."""
+    chosen: list[tuple[int, Choice]] = []
+    for index, group in enumerate(items):
+        if group.pair is not None:
+            continue
+        assert keeps is not None  # coupled groups are pruned with target= only
+        picked = (
+            planned[index]
+            if planned is not None
+            else opts.chooser.choose(work, group, keeps[index], context)
+        )
+        picked = replace(picked, keep=picked.keep.cpu())
+        chosen.append((index, picked))
+        if picked.keep.numel() < group.width:
+            for name in (*group.producers, *group.gates):
+                out_keep[name] = picked.keep
+    cut_coupled(work, items, [(i, c.keep) for i, c in chosen])
+    return chosen
+
+
+def _cut_pairs(
+    opts: Options, work: nn.Module, items: list[ChannelGroup], groups: list[tuple[int, Choice]],
+    keeps: list[int] | None, planned: list[Choice] | None, context: ChoiceContext,
+    progress: bool,
+) -> list[LayerRow]:  # fmt: skip
+    """In forward order, in the network as cut so far: choose, cut and rewire each single pair,
+    and refit each consumer of a cut coupled group; every item's report row, in item order."""
+    cut_list = [(i, c.keep) for i, c in groups]
+    refits = coupled_refits(opts, work, items, cut_list)
+    bar = tqdm(
+        group_steps(work, items, refits), desc=f"compress ({opts.method})",
+        disable=not progress, unit="layer",
+    )  # fmt: skip
+    rows: dict[int, LayerRow] = {}
+    for kind, index in bar:
+        try:
+            if kind == "refit":
+                assert context.target_of is not None
+                refit_one(opts, work, refits[index], context.target_of)
+                continue
+            item = items[index]
+            assert item.pair is not None
+            count = None if keeps is None else keeps[index]
+            picked = (
+                planned[index]
+                if planned is not None
+                else opts.chooser.choose(work, item, count, context)
+            )
+            rows[index] = cut_and_rewire(opts, work, item.pair, picked, context.target_of)
+        except (TypeError, ValueError) as err:
+            err_kind = TypeError if isinstance(err, TypeError) else ValueError
+            where = refits[index] if kind == "refit" else group_label(items[index])
+            raise err_kind(f"{where!r}: {err}") from err
+    for index, picked in groups:
+        rows[index] = group_row(opts, items[index], picked.keep, picked.note)
+    return [rows[i] for i in sorted(rows)]
+
+
 BN_ADVICE = (
     "the model has batch norm and was pruned without calibration data: its running statistics "
     "still describe the dense network, which can drop accuracy to near chance; re-estimate them "
@@ -418,18 +459,6 @@ def _advice(model: nn.Module, calibrated: bool) -> tuple[str, ...]:
     """What to do next that the report can tell from the run (docs/api.md, batch norm)."""
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     return (BN_ADVICE,) if has_bn and not calibrated else ()
-
-
-# --------------------------------------------------------------------------------------------
-# Planning: kept counts (and, for baselines, the kept units) before any surgery
-
-
-# --------------------------------------------------------------------------------------------
-# One pair: cut, then rewire the consumer
-
-
-# --------------------------------------------------------------------------------------------
-# Costs in the report
 
 
 # --------------------------------------------------------------------------------------------
