@@ -9,7 +9,8 @@ from torch import nn
 
 from coreprune import compress, coreset_prune
 from coreprune.surgery.patches import conv_patches
-from coreprune.surgery.rewire import _conv_rows, _subsample, lstsq_weights
+from coreprune.surgery.rewire import lstsq_weights
+from coreprune.surgery.rewire.rows import _conv_rows, _subsample
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

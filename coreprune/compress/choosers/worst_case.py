@@ -18,7 +18,7 @@ from coreprune.compress.capture import input_rows
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.prune import coreset_prune
 from coreprune.coreset.query import QuerySpace
-from coreprune.coreset.sensitivity import _RANK_RTOL, Provenance, Sensitivities
+from coreprune.coreset.sensitivity import RANK_RTOL, Provenance, Sensitivities
 from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.registry import layer_kind
 from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
@@ -85,7 +85,7 @@ def fast_sensitivities(
     if units.shape[1] < n:
         return None
     sv = torch.linalg.svdvals(torch.linalg.qr(units.T, mode="r")[1])
-    if sv[0] == 0 or int((sv > _RANK_RTOL * sv[0]).sum()) != n:
+    if sv[0] == 0 or int((sv > RANK_RTOL * sv[0]).sum()) != n:
         return None
     reading = next_weights(consumer, n, device=units.device)
     per_next = (reading != 0).to(torch.float64)

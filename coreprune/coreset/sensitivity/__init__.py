@@ -31,12 +31,12 @@ from coreprune.coreset.sensitivity.exact import exact_bound
 from coreprune.coreset.sensitivity.leverage import leverage_bound
 from coreprune.coreset.sensitivity.paper import paper_bound
 from coreprune.coreset.sensitivity.result import Provenance, Sensitivities
-from coreprune.coreset.sensitivity.rounding import _RANK_RTOL as _RANK_RTOL
-from coreprune.coreset.sensitivity.rounding import ILL_CONDITIONED, span_coordinates
+from coreprune.coreset.sensitivity.rounding import ILL_CONDITIONED, RANK_RTOL, span_coordinates
 
 __all__ = [
     "ILL_CONDITIONED",
     "METHODS",
+    "RANK_RTOL",
     "Provenance",
     "Sensitivities",
     "compute_sensitivities",

@@ -16,7 +16,7 @@ import torch
 
 # Relative singular-value threshold for *claiming independence* (s = 1, never a removal), used by
 # coreprune.compress's shortcut. Claiming 1 is always sound, so this one needs no charge.
-_RANK_RTOL = 1e-12
+RANK_RTOL = 1e-12
 _EPS = float(torch.finfo(torch.float64).eps)
 # Singular values from LAPACK are within SVD_SLACK * (m + D) * eps * sigma_1 of the exact ones
 # (a generous multiple of the backward-stability constant); sigma_min is only trusted above it.

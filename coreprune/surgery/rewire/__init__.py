@@ -22,8 +22,6 @@ from coreprune.surgery.rewire.certificate import bias_change, check_same_geometr
 from coreprune.surgery.rewire.lstsq import DEFAULT_RIDGE, lstsq_weights, refit_consumer
 from coreprune.surgery.rewire.merge import merge_weights, positively_homogeneous
 from coreprune.surgery.rewire.reading import consumer_from_reading, expand_reading
-from coreprune.surgery.rewire.rows import _conv_rows as _conv_rows
-from coreprune.surgery.rewire.rows import _subsample as _subsample
 from coreprune.surgery.rewire.rows import refit_rows, with_fitted_weights
 
 __all__ = [
