@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from coreprune.coreset.prune import PruneResult
+from coreprune.coreset.result import PruneResult
 
 
 @dataclass(frozen=True)
