@@ -14,9 +14,9 @@ The model is ``load_pretrained("vit_small")`` (4 pre-norm blocks, width 64, 4 he
   ``compress`` is the one that removes exactly that many neurons per block; the kept widths
   are checked.
 - **Attention heads**, 25/50% of each block's 4 heads removed
-  (``coreprune.compress.heads.prune_attention_heads``) by magnitude, Wanda, FLAP, the greedy
-  least-squares refit selector and random, with and without refitting the output projection
-  (FLAP also with bias compensation).
+  (``coreprune.compress.heads.prune_attention_heads``) by magnitude, Wanda, FLAP, the coreset's
+  refit choice (greedy structured OBS over heads) and random, with and without refitting the
+  output projection (FLAP also with bias compensation).
 
 Calibration is the first 256 training images (256 x 49 = 12,544 token rows; the least-squares
 fits subsample 16,384 rows at most, so all are used). Accuracy is on the full 10,000-image test

@@ -14,9 +14,10 @@ outputs, one column c per head channel) and weight W:
 - "wanda": Wanda's structured form summed over the head's channels, sum_c sum_i |W_ic| ||X_c||;
 - "flap": FLAP's fluctuation summed over the head's channels, sum_c Var(X_c) ||W_:,c||^2 (its
   head score); with compensate="bias", FLAP's bias compensation of the removed heads' means;
-- "refit": greedy backward selection by the least-squares refit error: drop, one at a time, the
-  head whose removal leaves the smallest residual ||T - A_S W_S|| after refitting (a kept set
-  judged by what the refit can do with it, not by any head's share of the dense output);
+- "refit": greedy structured OBS over heads, the coreset's refit choice (`coreset.refit`): drop,
+  one at a time, the head whose removal raises the output projection's ridge refit error
+  ||T - A_S W_S|| least (a kept set judged by what the refit can do with it, not by any head's
+  share of the dense output); the note gives the kept heads' optimality gap (Theorem G);
 - "random": a seeded random choice.
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from coreprune.checks import check_choice
 from coreprune.compress.capture import capture_input, capture_output
+from coreprune.coreset.refit import GapCertificate, RefitProblem, greedy_selection
 from coreprune.surgery.attention import (
     AttentionHeads,
     HeadAttention,
@@ -40,7 +42,7 @@ from coreprune.surgery.attention import (
     prune_heads,
 )
 from coreprune.surgery.registry import layer_kind
-from coreprune.surgery.rewire import DEFAULT_RIDGE, lstsq_weights, refit_consumer
+from coreprune.surgery.rewire import DEFAULT_RIDGE, refit_consumer
 from coreprune.torch_utils import replace_submodule
 
 __all__ = [
@@ -143,24 +145,24 @@ def _rows(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def _greedy_refit(
     model: nn.Module, dense: nn.Module, spec: AttentionHeads, calibration: torch.Tensor, keep: int,
     ridge: float,
-) -> torch.Tensor:  # fmt: skip
-    """Backward greedy: remove the head whose removal leaves the least refit residual."""
+) -> tuple[torch.Tensor, GapCertificate]:  # fmt: skip
+    """Greedy structured OBS over heads (`coreprune.coreset.refit`): each head owns its
+    head_dim input columns of the output projection, and heads are removed one at a time
+    (a twentieth of the heads per step, at least one), each the one whose removal raises the
+    projection's ridge refit error least; with the optimality gap of the kept heads (Theorem G)
+    on the calibration rows."""
     x = capture_input(model, spec.out, calibration)
     target = capture_output(dense, spec.out, calibration)
     x, target = _rows(x, target)
     bias = getattr(model.get_submodule(spec.out), "bias", None) is not None
-    kept = list(range(spec.num_heads))
-    while len(kept) > keep:
-        best: tuple[float, int] | None = None
-        for head in kept:
-            trial = [k for k in kept if k != head]
-            cols = head_columns(spec, trial)
-            residual = lstsq_weights(x[:, cols], target, ridge=ridge, bias=bias).residual
-            if best is None or residual < best[0]:
-                best = (residual, head)
-        assert best is not None
-        kept.remove(best[1])
-    return torch.tensor(kept, dtype=torch.long)
+    owner = torch.full((x.shape[1],), -1, dtype=torch.long)
+    for head in range(spec.num_heads):
+        owner[head_columns(spec, [head])] = head
+    problem = RefitProblem.from_rows(
+        x.double(), target.double(), owner.to(x.device), ridge=ridge, bias=bias
+    )
+    selection = greedy_selection([problem], spec.num_heads, keep)
+    return selection.keep, selection.gap
 
 
 def refit_out_projection(
@@ -248,9 +250,10 @@ def prune_attention_heads(
             keeps.append(torch.arange(spec.num_heads))
             notes.append(f"{spec.module}: every head kept")
             continue
+        gap = None
         if method == "refit":
             assert calibration is not None
-            keep = _greedy_refit(work, dense, spec, calibration, count, ridge)
+            keep, gap = _greedy_refit(work, dense, spec, calibration, count, ridge)
         else:
             scores = head_scores(work, spec, method, calibration, generator=generator)
             keep = torch.argsort(scores, descending=True, stable=True)[:count]
@@ -258,6 +261,8 @@ def prune_attention_heads(
         removed = torch.tensor([h for h in range(spec.num_heads) if h not in set(keep.tolist())])
         cut = prune_heads(work, [spec], [keep])
         note = f"{spec.module}: kept heads {keep.tolist()} of {spec.num_heads}"
+        if gap is not None:
+            note += f"; {gap.describe()}"
         if compensate == "lstsq":
             assert calibration is not None
             cut, how = refit_out_projection(

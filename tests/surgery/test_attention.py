@@ -231,3 +231,33 @@ def test_ffn_pairs_still_prune_after_the_heads() -> None:
     assert count_params(result.model) < count_params(heads) < count_params(model)
     with torch.no_grad():
         assert result.model(calib).shape == (20, 10)
+
+
+def test_refit_head_choice_is_bounded_by_its_gap_and_optimal_for_one_head() -> None:
+    """The head "refit" method is greedy structured OBS over head blocks: removing one head is
+    the best single removal, and the reported lower bound is below every head set's refit."""
+    from itertools import combinations
+
+    from coreprune.compress.capture import capture_input, capture_output
+    from coreprune.compress.heads import _greedy_refit, as_head_attention
+    from coreprune.surgery.rewire import lstsq_weights
+
+    model, calib = _vit(), _images(40)
+    dense, specs = as_head_attention(model, find_attention_heads(model))
+    spec = specs[0]
+    x = capture_input(dense, spec.out, calib).reshape(-1, HEADS * HEAD_DIM).double()
+    y = capture_output(dense, spec.out, calib).reshape(-1, DIM).double()
+    for keep in (3, 2, 1):
+        kept, gap = _greedy_refit(dense, dense, spec, calib, keep, 1e-12)
+        residuals = {
+            s: lstsq_weights(x[:, head_columns(spec, list(s))], y, ridge=1e-12, bias=True).residual
+            for s in combinations(range(HEADS), keep)
+        }
+        best = min(residuals.values())
+        assert gap.lower <= best * (1 + 1e-9)  # a bound for every head set, as stated
+        assert gap.residual >= gap.lower
+        assert abs(gap.residual - residuals[tuple(kept.tolist())]) < 1e-6
+        if keep == HEADS - 1:
+            assert residuals[tuple(kept.tolist())] <= best * (1 + 1e-9)
+    note = prune_attention_heads(model, 0.5, method="refit", calibration=calib).notes[0]
+    assert "lower bound" in note
