@@ -115,8 +115,8 @@ def coreset_prune(
         sensitivity=sens.per_unit,
         certificate=cert,
         sensitivities=sens,
-        units=units_full,
-        reading=reading,
+        units=units_full.clone(),  # the certified layers as they are now, whatever the caller
+        reading=reading.clone(),  # does to its modules later (next_weights may alias weights)
         activation=act,
         query=query,
         layer=layer,

@@ -28,6 +28,7 @@ from coreprune.surgery.slicing import slice_consumer, slice_norm, slice_producer
 from coreprune.surgery.units import (
     Norm,
     Producer,
+    layer_units,
     next_weights,
 )
 
@@ -80,6 +81,7 @@ class PruneResult:
         `rewired_eps(new_next)` certifies a rewired next layer (often looser, never hidden).
         """
         check_choice(compensate, COMPENSATIONS, "compensate")
+        self.check_unchanged()
         if self.next_layer is None and bool((self.scale != 1).any()):
             raise ValueError(
                 "apply() needs next_layer: the certificate assumes the kept units' outputs are "
@@ -155,6 +157,7 @@ class PruneResult:
         when its bias changed (an absolute shift the relative certificate cannot cover)."""
         if self.next_layer is None:
             raise ValueError("rewired_eps needs a result computed with next_layer")
+        self.check_unchanged()
         check_same_geometry(self.next_layer, new_next, names=("next_layer", "new_next"))
         old_bias, new_bias = self.next_layer.bias, new_next.bias
         if (old_bias is None) != (new_bias is None) or (
@@ -165,6 +168,27 @@ class PruneResult:
             next_weights(new_next, self.keep.numel()), self.keep, self.units.shape[0]
         )
         return rewired_eps(self.reading, full, self.sensitivities.per_next)
+
+    def check_unchanged(self) -> None:
+        """Refuse to go on if the caller's layers changed since `coreset_prune` ran.
+
+        `layer`, `next_layer` and `norm` are the caller's own modules (never copied), while the
+        certificate, `units` and `reading` describe them as they were. Training them or editing
+        them in place afterwards would make `apply` slice, and `rewired_eps` certify, layers the
+        certificate was not computed for; so both compare the layers' units and reading with the
+        stored ones, exactly, first."""
+        now = layer_units(self.layer, self.norm).to(self.units)
+        changed = [] if torch.equal(now, self.units) else ["layer (or its norm)"]
+        if self.next_layer is not None:
+            reading = next_weights(self.next_layer, self.units.shape[0]).to(self.reading)
+            if not torch.equal(reading, self.reading):
+                changed.append("next_layer")
+        if changed:
+            raise ValueError(
+                f"{' and '.join(changed)} changed since coreset_prune ran: the kept units and "
+                "the certificate describe the layers as they were then; run coreset_prune again "
+                "on the layers as they are now"
+            )
 
     def apply_norm(self) -> Norm | None:
         """The batch norm between the layers, sliced to the kept units (None if there is none)."""

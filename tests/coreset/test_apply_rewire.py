@@ -73,3 +73,28 @@ def test_inputs_are_untouched_and_bad_requests_refused() -> None:
     alone = coreset_prune(layer, mode="select", keep=10)
     with pytest.raises(ValueError, match="pass next_layer"):
         alone.apply("merge")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_result_refuses_layers_changed_after_pruning(dtype: torch.dtype) -> None:
+    """The result keeps the caller's modules, but certifies them as they were: editing them in
+    place afterwards (a float64 next layer's reading once aliased its weight) is refused."""
+    torch.manual_seed(0)
+    layer, nxt = nn.Linear(6, 10).to(dtype), nn.Linear(10, 4).to(dtype)
+    result = coreset_prune(layer, nxt, keep=5)
+    _, sliced = result.apply()
+    assert sliced is not None
+    eps = result.rewired_eps(sliced)
+    assert eps == pytest.approx(result.certificate.eps)
+    with torch.no_grad():
+        nxt.weight.mul_(2.0)
+    assert result.reading.data_ptr() != nxt.weight.data_ptr()
+    with pytest.raises(ValueError, match="next_layer changed since coreset_prune ran"):
+        result.rewired_eps(sliced)
+    with pytest.raises(ValueError, match="next_layer changed"):
+        result.apply()
+    with torch.no_grad():
+        nxt.weight.div_(2.0)  # back as it was: exactly the certified layers again
+        layer.bias.add_(1.0)
+    with pytest.raises(ValueError, match="layer \\(or its norm\\) changed"):
+        result.apply()
