@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from coreprune.checks import check_float
+
 __all__ = ["check_points", "check_positive", "check_weights"]
 
 
@@ -68,10 +70,6 @@ def check_weights(weights: object, n: int, name: str = "weights") -> Tensor:
 
 
 def check_positive(value: object, name: str) -> float:
-    """Validate a finite, strictly positive real scalar (tolerances)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    v = float(value)
-    if not (v > 0.0 and v < float("inf")):
-        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-    return v
+    """A finite, strictly positive real scalar (tolerances): `coreprune.checks.check_float`'s
+    rules, the one check of real-number arguments."""
+    return check_float(value, name, low=0.0, low_open=True)

@@ -253,9 +253,9 @@ _W = torch.ones(5, dtype=torch.float64)
         (_P, torch.zeros(5), {}, ValueError, "positive sum"),
         (_P, torch.full((5,), 1e308, dtype=torch.float64), {}, ValueError, "overflows"),
         (_P * float("inf"), _W, {}, ValueError, "points contains NaN or Inf"),
-        (_P, _W, {"tol": 0.0}, ValueError, "tol must be a finite positive"),
-        (_P, _W, {"tol": float("nan")}, ValueError, "tol must be a finite positive"),
-        (_P, _W, {"tol": "1e-9"}, TypeError, "tol must be a float"),
+        (_P, _W, {"tol": 0.0}, ValueError, r"tol must lie in \(0, inf\)"),
+        (_P, _W, {"tol": float("nan")}, ValueError, "tol must be a number, got NaN"),
+        (_P, _W, {"tol": "1e-9"}, TypeError, "tol must be a real number"),
     ],
 )
 def test_bad_input_raises(
