@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from coreprune.checks import check_int
-from coreprune.torch_utils import resolve_device
+from coreprune.torch_utils import model_device, resolve_device
 
 Holdout = DataLoader | tuple[torch.Tensor, torch.Tensor] | Sequence[torch.Tensor]
 
@@ -242,14 +242,6 @@ def _wanted(model: nn.Module, failing: nn.Module) -> str:
                 f"channels in dimension 1, shape (batch, {channels}, {spatial})"
             )
     return f", which {where} ({kind}) refused"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
 
 
 def on_device(model: nn.Module, device: torch.device) -> nn.Module:

@@ -28,7 +28,6 @@ from coreprune.certify._data import (
     check_holdout,
     check_labels,
     check_model,
-    model_device,
     on_device,
     read_only,
     run_device,
@@ -39,6 +38,7 @@ from coreprune.certify.bounds import (
     min_holdout_size,
 )
 from coreprune.checks import check_bool
+from coreprune.torch_utils import model_device
 
 __all__ = [
     "ASSUMPTION",
