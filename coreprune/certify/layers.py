@@ -35,7 +35,7 @@ from coreprune.certify._data import (
 )
 from coreprune.certify.bounds import clopper_pearson_upper
 from coreprune.certify.heldout import ASSUMPTION
-from coreprune.checks import check_bool
+from coreprune.checks import check_bool, check_float
 from coreprune.compress import LayerRow
 
 __all__ = ["LayerExceedance", "LayerExceedanceReport", "layer_exceedance"]
@@ -135,10 +135,7 @@ def layer_exceedance(
     check_model(dense, "dense")
     check_model(pruned, "pruned")
     confidence = check_confidence(confidence)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    eps = check_float(eps, "eps", low=0.0)
     check_bool(simultaneous, "simultaneous")
     where = run_device(device, dense)
     targets = _targets(dense, pruned, layers)

@@ -8,7 +8,14 @@ from typing import cast
 import torch
 from torch import nn
 
-from coreprune.checks import check_choice, check_generator, check_probability
+from coreprune.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_generator,
+    check_int,
+    check_probability,
+)
 from coreprune.coreset.certificate import Certificate
 from coreprune.coreset.query import QuerySpace
 from coreprune.coreset.result import PruneResult
@@ -71,8 +78,7 @@ def coreset_prune(
     check_generator(generator, "generator")
     layer = check_producer(layer)
     check_choice(mode, MODES, "mode")
-    if not isinstance(max_pooling, bool):
-        raise TypeError(f"max_pooling must be a bool, got {type(max_pooling).__name__}")
+    check_bool(max_pooling, "max_pooling")
     act = resolve_activation(activation)
     units_full = layer_units(layer, cast(Norm | None, norm))  # layer_units checks its type
     n = units_full.shape[0]
@@ -248,15 +254,11 @@ def _check_request(eps: float | None, keep: int | None, delta: float, n: int) ->
             "give exactly one of eps (the error target) and keep (how many units remain)"
         )
     if eps is not None:
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-        if not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"eps must be a finite number > 0, got {eps}")
+        check_float(eps, "eps", low=0.0, low_open=True)
     if keep is not None:
-        if isinstance(keep, bool) or not isinstance(keep, int):
-            raise TypeError(f"keep must be an int, got {type(keep).__name__}")
-        if not 1 <= keep <= n:
-            raise ValueError(f"keep must be in [1, {n}] (the layer has {n} units), got {keep}")
+        check_int(keep, "keep", minimum=1)
+        if keep > n:
+            raise ValueError(f"keep must be <= {n} (the layer has {n} units), got {keep}")
     check_probability(delta, "delta")
 
 

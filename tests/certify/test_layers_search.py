@@ -63,7 +63,7 @@ def test_layer_exceedance_bad_input(
         layer_exceedance(mlp, mlp, [("nope", "2")], x, 0.1)
     with pytest.raises(ValueError, match="layers is empty"):
         layer_exceedance(mlp, mlp, [], x, 0.1)
-    with pytest.raises(ValueError, match="eps must be a finite number"):
+    with pytest.raises(ValueError, match=r"eps must lie in \[0, inf\)"):
         layer_exceedance(mlp, mlp, [("2", "2")], x, -1.0)
     with pytest.raises(ValueError, match="compare layers whose outputs match"):
         layer_exceedance(mlp, mlp, [("0", "4")], x, 0.1)

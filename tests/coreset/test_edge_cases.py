@@ -237,7 +237,7 @@ def test_certificate_caveats_must_be_a_tuple_of_strings() -> None:
 
 def test_max_pooling_must_be_a_bool() -> None:
     layer, nxt = make_pair(10, 2, 2, seed=11)
-    with pytest.raises(TypeError, match="max_pooling must be a bool"):
+    with pytest.raises(TypeError, match="max_pooling must be True or False"):
         coreset_prune(layer, nxt, eps=0.5, mode="select", max_pooling="yes")  # type: ignore[arg-type]
 
 
