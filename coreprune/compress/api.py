@@ -444,7 +444,8 @@ def _cut_pairs(
             where = refits[index] if kind == "refit" else group_label(items[index])
             raise err_kind(f"{where!r}: {err}") from err
     for index, picked in groups:
-        rows[index] = group_row(opts, items[index], picked.keep, picked.note)
+        gap = None if picked.selection is None else picked.selection.gap
+        rows[index] = group_row(opts, items[index], picked.keep, picked.note, gap)
     return [rows[i] for i in sorted(rows)]
 
 

@@ -21,6 +21,7 @@ from coreprune.compress.pairs import (
 )
 from coreprune.compress.refit_choice import TargetOf
 from coreprune.compress.report import LayerRow
+from coreprune.coreset.refit import GapCertificate
 from coreprune.surgery.graph import BlockedLayer, PrunablePair
 from coreprune.surgery.groups import (
     ChannelGroup,
@@ -112,8 +113,18 @@ def refit_one(opts: Options, work: nn.Module, name: str, target_of: TargetOf) ->
     replace_submodule(work, name, refit)
 
 
-def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str) -> LayerRow:
-    """A coupled group's report row; `how` is the chooser's note on how it chose."""
+GROUP_GAP_NOTE = (
+    "gap of the channel choice, on the dense model's consumer inputs where it was made (Theorem "
+    "G summed over consumers), before each consumer is refitted on its inputs as cut"
+)
+
+
+def group_row(
+    opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str,
+    gap: GapCertificate | None = None,
+) -> LayerRow:  # fmt: skip
+    """A coupled group's report row; `how` is the chooser's note on how it chose, `gap` the
+    optimality gap of a choice made for the consumers' refit (shown with least squares)."""
     removed = keep.numel() < group.width
     compensate = opts.compensate if opts.compensate == "lstsq" and removed else "none"
     notes = [COUPLED_NOTE.format(joins=group.describe)]
@@ -121,6 +132,9 @@ def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str) 
         notes.append("merge applies to single pairs only: the consumers are left sliced")
     if how:
         notes.append(how)
+    shown_gap = gap if compensate == "lstsq" else None
+    if shown_gap is not None:
+        notes.append(GROUP_GAP_NOTE)
     rewiring = "least squares per consumer on its dense output" if compensate == "lstsq" else ""
     norms = [n for n in group.producer_norms if n is not None]
     return LayerRow(
@@ -129,7 +143,7 @@ def group_row(opts: Options, group: ChannelGroup, keep: torch.Tensor, how: str) 
         params_before=0, params_after=0, macs_before=None, macs_after=None, eps=None,
         delta=None, vacuous=None, query=None, sensitivity=None, note="; ".join(notes),
         keep=keep, scale=ones(keep.numel()), certificate=None, compensate=compensate,
-        eps_rewired=None, rewiring=rewiring, modules=group.modules,
+        eps_rewired=None, rewiring=rewiring, modules=group.modules, gap=shown_gap,
     )  # fmt: skip
 
 

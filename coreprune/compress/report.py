@@ -28,7 +28,8 @@ class LayerRow:
     rewired; `eps_rewired` is the certified relative error of the rewired consumer (inf when the
     rewiring is not covered, None without a certificate), and `rewiring` describes the fit.
     `gap` (the refit choice with least squares) compares the kept set's refit error on the
-    calibration rows with a proven lower bound for any choice of as many units (Theorem G).
+    calibration rows with a proven lower bound for any choice of as many units (Theorem G); for
+    a coupled group, of its channel choice on the dense model's consumer inputs.
 
     A coupled channel group (a residual stream, a gated or depthwise block, a concatenation) is
     one row: `producer` / `consumer` join its producers / consumers with " + ", `modules` lists

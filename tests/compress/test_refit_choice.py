@@ -184,3 +184,33 @@ def test_conv1d_producers_get_the_linear_certificate() -> None:
     assert torch.equal(a.keep, b.keep)
     assert torch.allclose(a.sensitivity, b.sensitivity)
     assert a.certificate.eps == pytest.approx(b.certificate.eps)
+
+
+class _Residual(nn.Module):
+    """A stem and two residual blocks on one stream: a coupled group with several consumers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(6, 12)
+        self.a1, self.a2 = nn.Linear(12, 16), nn.Linear(16, 12)
+        self.b1, self.b2 = nn.Linear(12, 16), nn.Linear(16, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = h + self.a2(torch.relu(self.a1(h)))
+        h = h + self.b2(torch.relu(self.b1(h)))
+        return self.head(torch.relu(h))
+
+
+def test_coupled_groups_report_the_gap_of_their_choice() -> None:
+    model, x = _Residual().eval(), _calib(400, 6)
+    result = compress(model, target=0.4, calibration=x, progress=False)
+    group = next(r for r in result.report.rows if "+" in r.producer)
+    assert group.units_after < group.units_before and group.gap is not None
+    assert 0 <= group.gap.lower <= group.gap.residual
+    assert group.gap.kept == group.units_after and group.gap.units == group.units_before
+    assert "gap of the channel choice, on the dense model" in group.note
+    plain = compress(model, target=0.4, calibration=x, compensate="none", progress=False)
+    assert all(r.gap is None for r in plain.report.rows)  # shown with least squares only

@@ -86,7 +86,7 @@ class GreedyOBS(Chooser):
                 records = LayerRecords(model, context.calibration, inputs=names)
             sel = group_selection(model, group, count, records, context.target_of, context.ridge)
             if sel is not None:
-                return Choice.of(sel.keep, GROUP_NOTE)
+                return Choice(sel.keep, ones(sel.keep.numel()), note=GROUP_NOTE, selection=sel)
         return top_scored(
             cached_group_scores(model, group, context, mean_square=True), group, count
         )
