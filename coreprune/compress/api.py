@@ -392,9 +392,12 @@ def _cut_groups(
     """Choose every coupled group on the dense model, then cut them all at once; each group's
     (index, choice), and `out_keep` filled with the channels its producers keep."""
     chosen: list[tuple[int, Choice]] = []
-    for index, group in enumerate(items):
-        if group.pair is not None:
-            continue
+    coupled = [i for i, g in enumerate(items) if g.pair is None]
+    bar = tqdm(
+        coupled, desc="choose (groups)", disable=not (context.progress and coupled), unit="group"
+    )
+    for index in bar:
+        group = items[index]
         assert keeps is not None  # coupled groups are pruned with target= only
         picked = (
             planned[index]
