@@ -7,6 +7,7 @@ from coreprune.compress.apply import GroupCut, PairCut, apply_plan, cut_group, c
 from coreprune.compress.capture import MAX_CALIBRATION_ROWS, capture_input, capture_output
 from coreprune.compress.choosers import DEFAULT_RANK
 from coreprune.compress.cost import METRICS, CostModel, count_macs, count_params
+from coreprune.compress.heads import HeadPruneResult, prune_attention_heads
 from coreprune.compress.options import COMPENSATIONS, MODES
 from coreprune.compress.report import CompressReport, CompressResult, LayerRow
 
@@ -21,6 +22,7 @@ __all__ = [
     "CompressResult",
     "CostModel",
     "GroupCut",
+    "HeadPruneResult",
     "LayerRow",
     "PairCut",
     "apply_plan",
@@ -32,4 +34,5 @@ __all__ = [
     "cut_group",
     "cut_groups",
     "cut_pair",
+    "prune_attention_heads",
 ]
