@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from benchmarks import bench_oneshot
 from benchmarks._machine import machine
 from coreprune.compress import compress

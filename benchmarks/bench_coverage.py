@@ -35,6 +35,7 @@ import csv
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from pathlib import Path
 import torch
 from scipy.stats import binom, norm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from benchmarks._machine import machine
 from coreprune.certify import (
     HeldOutCertificate,

@@ -10,12 +10,14 @@ units removed, the certified eps and the worst error an adversarial search finds
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script or with -m
 from benchmarks._machine import machine
 from coreprune import QuerySpace, adversarial_search, coreset_prune
 
