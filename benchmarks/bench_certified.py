@@ -11,6 +11,7 @@ agreement with the dense model measured on the fresh half: the budget an oracle 
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -22,6 +23,10 @@ from coreprune.harness.pretrained import load_pretrained
 
 
 def main() -> None:
+    # no options; --help says what runs and where it writes, without running it
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.set_num_threads(1)
     print(f"machine: {cpu_name()}, torch {torch.__version__}, 1 thread")
     loaders = make_loaders("fashion_mnist", batch_size=1000, augment=False)

@@ -45,3 +45,9 @@ def test_one_benchmark_runs_as_a_script() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_a_benchmark_parses_its_arguments(script: Path) -> None:
+    """`--help` must say what a benchmark runs, not run it (and overwrite committed results)."""
+    assert "ArgumentParser(" in script.read_text(encoding="utf-8"), script.name
