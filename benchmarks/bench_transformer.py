@@ -148,12 +148,7 @@ def run_ffn(
                     row = Row("ffn", budget, name, comp, acc, count_params(pruned),
                               count_macs(pruned, x1), seconds, "/".join(map(str, widths)), note, seed)  # fmt: skip
                 except Exception as err:  # recorded, not dropped
-                    seconds = time.perf_counter() - start
-                    message = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-                    print(traceback.format_exc(), file=log, flush=True)
-                    row = Row(
-                        "ffn", budget, name, comp, None, None, None, seconds, "", message, seed
-                    )
+                    row = _failed("ffn", budget, name, comp, seed, start, err, log)
                 rows.append(row)
                 _print(row, log)
     return rows
@@ -185,16 +180,22 @@ def run_heads(
                     row = Row("heads", budget, name, comp, acc, count_params(result.model),
                               count_macs(result.model, x1), seconds,
                               "/".join(map(str, widths)), "", seed)  # fmt: skip
-                except Exception as err:
-                    seconds = time.perf_counter() - start
-                    message = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-                    print(traceback.format_exc(), file=log, flush=True)
-                    row = Row(
-                        "heads", budget, name, comp, None, None, None, seconds, "", message, seed
-                    )
+                except Exception as err:  # recorded, not dropped
+                    row = _failed("heads", budget, name, comp, seed, start, err, log)
                 rows.append(row)
                 _print(row, log)
     return rows
+
+
+def _failed(
+    part: str, budget: float, name: str, comp: str, seed: int, start: float, err: Exception,
+    log: Any,
+) -> Row:  # fmt: skip
+    """The row of a configuration that raised: its error's first line, the traceback in the log."""
+    seconds = time.perf_counter() - start
+    message = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    print(traceback.format_exc(), file=log, flush=True)
+    return Row(part, budget, name, comp, None, None, None, seconds, "", message, seed)
 
 
 def _print(row: Row, log: Any) -> None:

@@ -158,9 +158,7 @@ def _greedy_refit(
     owner = torch.full((x.shape[1],), -1, dtype=torch.long)
     for head in range(spec.num_heads):
         owner[head_columns(spec, [head])] = head
-    problem = RefitProblem.from_rows(
-        x.double(), target.double(), owner.to(x.device), ridge=ridge, bias=bias
-    )
+    problem = RefitProblem.from_rows(x, target, owner.to(x.device), ridge=ridge, bias=bias)
     selection = greedy_selection([problem], spec.num_heads, keep)
     return selection.keep, selection.gap
 

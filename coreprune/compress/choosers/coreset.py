@@ -102,7 +102,7 @@ class CoresetChooser(Chooser):
             if self.choice == "refit" and context.calibration is not None:
                 return self.obs.choose(model, item, count, context)
             return top_scored(self._group_scores(model, item, context), item, count)
-        return self._pair(model, item, count, context)
+        return self._pair(model, item.pair, count, context)
 
     def _group_scores(
         self, model: nn.Module, group: ChannelGroup, context: ChoiceContext
@@ -111,10 +111,8 @@ class CoresetChooser(Chooser):
         return cached_group_scores(model, group, context, mean_square=rms)
 
     def _pair(
-        self, model: nn.Module, item: ChannelGroup, count: int | None, context: ChoiceContext
+        self, model: nn.Module, pair: PrunablePair, count: int | None, context: ChoiceContext
     ) -> Choice:
-        pair = item.pair
-        assert pair is not None
         producer, norm, _ = modules_of(model, pair)
         n = out_units(producer)
         notes: list[str] = []
@@ -134,7 +132,7 @@ class CoresetChooser(Chooser):
             count = nonzero.numel()
         calibration = context.calibration
         if self.choice == "refit" and count is not None and calibration is not None:
-            return self._refit(model, item, count, context, notes)
+            return self._refit(model, pair, count, context, nonzero, notes)
         bounds = self.bounds.of(model, pair, calibration, context.cache)
         if self.choice != "certified" and count is not None and calibration is not None:
             keep_sub = self._empirical(model, pair, bounds, count, calibration)
@@ -159,16 +157,15 @@ class CoresetChooser(Chooser):
     def _refit(
         self,
         model: nn.Module,
-        item: ChannelGroup,
+        pair: PrunablePair,
         count: int,
         context: ChoiceContext,
+        nonzero: torch.Tensor,
         notes: list[str],
     ) -> Choice:
         """Greedy structured OBS against the refit; the worst-case certificate of the kept set
         only when asked (`worst_case`): it is vacuous at the budgets users prune to."""
-        pair = item.pair
-        assert pair is not None
-        picked = self.obs.choose(model, item, count, context)
+        picked = self.obs.pair_choice(model, pair, count, context, nonzero)
         notes.append(picked.note)
         cert, per_next = None, None
         if self.worst_case:

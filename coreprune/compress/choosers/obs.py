@@ -18,6 +18,7 @@ from coreprune.compress.choosers.base import Choice, ChoiceContext, Chooser, one
 from coreprune.compress.choosers.group_scores import GroupScores, group_scores
 from coreprune.compress.choosers.worst_case import modules_of, nonzero_units, out_units
 from coreprune.compress.refit_choice import group_selection, pair_selection
+from coreprune.surgery.graph import PrunablePair
 from coreprune.surgery.groups import ChannelGroup
 
 __all__ = ["GreedyOBS", "cached_group_scores", "top_scored"]
@@ -65,14 +66,23 @@ class GreedyOBS(Chooser):
         if item.pair is None:
             return self._group(model, item, count, context)
         producer, norm, _ = modules_of(model, item.pair)
-        alive = torch.zeros(out_units(producer), dtype=torch.bool)
-        alive[nonzero_units(producer, norm)] = True
-        if not alive.any():  # every unit outputs 0: any one unit is as good as another
+        nonzero = nonzero_units(producer, norm)
+        if nonzero.numel() == 0:  # every unit outputs 0: any one unit is as good as another
             return Choice.of(torch.zeros(1, dtype=torch.long), "every unit is all-zero")
+        return self.pair_choice(model, item.pair, min(count, nonzero.numel()), context, nonzero)
+
+    def pair_choice(
+        self, model: nn.Module, pair: PrunablePair, count: int, context: ChoiceContext,
+        nonzero: torch.Tensor,
+    ) -> Choice:  # fmt: skip
+        """`count` of the pair's `nonzero` units (the ones not all-zero, which a caller that
+        has already found them passes on rather than have them folded again)."""
+        assert context.calibration is not None and context.target_of is not None
+        alive = torch.zeros(out_units(model.get_submodule(pair.producer)), dtype=torch.bool)
+        alive[nonzero] = True
         sel = pair_selection(
-            model, item.pair, min(count, int(alive.sum())), calibration, target_of,
-            context.ridge, alive,
-        )  # fmt: skip
+            model, pair, count, context.calibration, context.target_of, context.ridge, alive
+        )
         return Choice(sel.keep, ones(sel.keep.numel()), note=PAIR_NOTE, selection=sel)
 
     def _group(
