@@ -143,3 +143,27 @@ def test_bad_problem_shapes_are_refused() -> None:
         RefitProblem.from_rows(torch.randn(5, 3), torch.randn(4, 2), torch.arange(3), ridge=0.1)
     with pytest.raises(ValueError, match="ridge must be finite"):
         RefitProblem.from_rows(torch.randn(5, 3), torch.randn(5, 2), torch.arange(3), ridge=-1.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_summed_bound_holds_for_every_channel_set(kind: str, seed: int) -> None:
+    """A coupled group's gap (the sum of its consumers' bounds) never exceeds the best summed
+    refit error of any m-channel set, each consumer with its own inputs and targets."""
+    n, block = 5, 2
+    cases = [_case(seed + 10 * c, n, block, 3 + c, kind) for c in range(3)]
+    owner = torch.arange(n).repeat_interleave(block)
+    problems = [RefitProblem.from_rows(x, y, owner, ridge=0.0) for x, y in cases]
+    energy = sum(p.energy for p in problems)
+    for m in range(1, n + 1):
+        best = math.inf
+        for subset in itertools.combinations(range(n), m):
+            total = 0.0
+            for p, (x, y) in zip(problems, cases, strict=True):
+                xc, yc = x - x.mean(0), y - y.mean(0)
+                a = xc[:, p.columns(torch.tensor(subset))]
+                total += float(((yc - a @ (torch.linalg.pinv(a) @ yc)) ** 2).sum())
+            best = min(best, total)
+        sel = greedy_selection(problems, n, m)
+        assert sel.gap.lower**2 * energy <= best * (1 + 1e-9) + 1e-9 * energy
+        assert sel.gap.residual >= sel.gap.lower
