@@ -197,15 +197,6 @@ def no_prunable_pair(blocked: Sequence[BlockedLayer]) -> ValueError:
     )
 
 
-def pair_module_names(pairs: Sequence[PrunablePair]) -> list[str]:
-    names: dict[str, None] = {}
-    for pair in pairs:
-        for name in (pair.producer, pair.norm, pair.consumer):
-            if name is not None:
-                names[name] = None
-    return list(names)
-
-
 def params_of(modules: dict[str, nn.Module], names: Sequence[str]) -> int:
     return sum(p.numel() for name in names for p in modules[name].parameters(recurse=False))
 
